@@ -32,9 +32,9 @@ from ._packets import (
     PingResp,
     PubAck,
     PubComp,
+    Publish,
     PubRec,
     PubRel,
-    Publish,
     SubAck,
     Subscribe,
     UnsubAck,
@@ -152,7 +152,7 @@ def _check_pid(pid: object, packet: str) -> int:
 
 
 def _check_qos(qos: object, packet: str, field: str, rule: str) -> int:
-    if type(qos) is not int and not isinstance(qos, int) or isinstance(qos, bool):
+    if (type(qos) is not int and not isinstance(qos, int)) or isinstance(qos, bool):
         raise LocalProtocolError(f"must be 0, 1 or 2, got {qos!r}", packet=packet, field=field)
     if not 0 <= qos <= 2:
         raise LocalProtocolError(
@@ -222,7 +222,7 @@ def _enc_connect(p: Connect) -> bytes:
 
 def _enc_connack(p: ConnAck) -> bytes:
     rc = p.return_code
-    if type(rc) is not int and not isinstance(rc, int) or not 0 <= rc <= 5:
+    if (type(rc) is not int and not isinstance(rc, int)) or not 0 <= rc <= 5:
         raise LocalProtocolError(
             f"must be 0 to 5, got {rc!r}", packet="CONNACK", field="return code", rule="3.2.2.3"
         )
@@ -285,7 +285,7 @@ def _enc_publish(p: Publish) -> bytes:
         rl = len(head) + len(payload)
         mid = b""
     else:
-        if qos != 1 and qos != 2 or type(qos) is bool:
+        if (qos != 1 and qos != 2) or type(qos) is bool:
             qos = _check_qos(qos, "PUBLISH", "QoS", "MQTT-3.3.1-4")
         pid = p.packet_id
         if type(pid) is not int or not 0 < pid < 65536:
@@ -300,8 +300,11 @@ def _enc_publish(p: Publish) -> bytes:
     return b"".join((bytes((first,)), encode_remaining_length(rl), head, mid, payload))
 
 
-def _ack_encoder(first: int, name: str) -> Callable[[PubAck | PubRec | PubRel | PubComp | UnsubAck], bytes]:
-    def enc(p: PubAck | PubRec | PubRel | PubComp | UnsubAck) -> bytes:
+_IdOnly = PubAck | PubRec | PubRel | PubComp | UnsubAck
+
+
+def _ack_encoder(first: int, name: str) -> Callable[[_IdOnly], bytes]:
+    def enc(p: _IdOnly) -> bytes:
         pid = p.packet_id
         if type(pid) is not int or not 0 < pid < 65536:
             _check_pid(pid, name)
@@ -542,7 +545,7 @@ class _PublishBuilder:
     hot path.  The fields are already validated.
     """
 
-    __slots__ = Publish.__slots__  # type: ignore[attr-defined]
+    __slots__ = Publish.__slots__
 
     def __init__(
         self, topic: str, payload: bytes, qos: int, retain: bool, dup: bool, pid: int | None
