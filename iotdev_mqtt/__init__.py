@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._client import ClientConnection
 from ._codec import MAX_REMAINING_LENGTH, PacketReader, encode, encode_remaining_length
 from ._errors import (
     ConnectionRefused,
@@ -13,6 +14,23 @@ from ._errors import (
     QueueFull,
     RemoteProtocolError,
 )
+from ._events import (
+    ClientDisconnected,
+    Connected,
+    ConnectionLost,
+    ConnectReceived,
+    ConnectRefused,
+    Event,
+    MessageReceived,
+    PublishAcked,
+    PublishFailed,
+    RequestFailed,
+    Subscribed,
+    SubscribeReceived,
+    Unsubscribed,
+    UnsubscribeReceived,
+)
+from ._flows import OutboundMessage, Session
 from ._packets import (
     ConnAck,
     Connect,
@@ -31,19 +49,30 @@ from ._packets import (
     Unsubscribe,
     Will,
 )
+from ._server import ServerConnection
+from ._state import State
 from ._topics import topic_matches, validate_topic_filter, validate_topic_name
 from ._types import ConnAckCode, PacketType, QoS, SubAckCode
 
 __all__ = [
     "MAX_REMAINING_LENGTH",
+    "ClientConnection",
+    "ClientDisconnected",
     "ConnAck",
     "ConnAckCode",
     "Connect",
+    "ConnectReceived",
+    "ConnectRefused",
+    "Connected",
+    "ConnectionLost",
     "ConnectionRefused",
     "Disconnect",
+    "Event",
     "LocalProtocolError",
     "MQTTError",
     "MalformedPacket",
+    "MessageReceived",
+    "OutboundMessage",
     "Packet",
     "PacketReader",
     "PacketTooLarge",
@@ -56,14 +85,24 @@ __all__ = [
     "PubRec",
     "PubRel",
     "Publish",
+    "PublishAcked",
+    "PublishFailed",
     "QoS",
     "QueueFull",
     "RemoteProtocolError",
+    "RequestFailed",
+    "ServerConnection",
+    "Session",
+    "State",
     "SubAck",
     "SubAckCode",
     "Subscribe",
+    "SubscribeReceived",
+    "Subscribed",
     "UnsubAck",
     "Unsubscribe",
+    "UnsubscribeReceived",
+    "Unsubscribed",
     "Will",
     "encode",
     "encode_remaining_length",
