@@ -336,6 +336,11 @@ class ClientConnection(_Endpoint):
 
     def _handle(self, packet: object, events: list[Event], now: float) -> None:
         kind = type(packet)
+        if self._state is State.CONNECTING and kind is not ConnAck:
+            raise RemoteProtocolError(
+                f"the server's first packet must be CONNACK, got {kind.__name__.upper()}",
+                rule="MQTT-3.2.0-1",
+            )
         if kind is Publish:
             self._move(Input.RECV_PUBLISH, remote=True)
             self._on_publish(packet, events, now)  # type: ignore[arg-type]

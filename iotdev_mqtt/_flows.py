@@ -33,11 +33,15 @@ from __future__ import annotations
 from collections import deque
 from typing import Literal
 
-from ._codec import _TOPIC_PREFIXED, PacketReader, _prefixed_topic, encode
+from ._codec import _TOPIC_PREFIXED, PacketReader, _prefixed_topic, encode, publish_bytes
 from ._errors import LocalProtocolError, QueueFull, RemoteProtocolError
 from ._events import Event, MessageReceived, PublishAcked, PublishFailed
+from ._fast import fast_constructor
 from ._packets import Packet, PubAck, PubComp, Publish, PubRec, PubRel
 from ._state import Input, State
+
+_message_received = fast_constructor(MessageReceived)
+_publish_acked = fast_constructor(PublishAcked)
 
 __all__ = ["OutboundMessage", "Session"]
 
@@ -165,20 +169,24 @@ class _Endpoint:
         return self._session.pending_tokens()
 
     def _move(self, event: Input, *, remote: bool = False) -> None:
+        new = self._transitions.get((self._state, event))
+        if new is None:
+            self._refuse(event, remote)
+        self._state = new  # type: ignore[assignment]
+
+    def _refuse(self, event: Input, remote: bool) -> None:
         state = self._state
-        if state is State.ERROR and event is not Input.CONNECTION_LOST:
+        if state is State.ERROR:
             raise LocalProtocolError(
                 f"the connection is in ERROR after {self._error}; close the transport and "
                 "call connection_lost()"
             )
-        new = self._transitions.get((state, event))
-        if new is None:
-            self._state = State.ERROR
-            text = f"{event.name} is not allowed in state {state.name}"
-            self._error = RemoteProtocolError(text, rule="MQTT-4.8.0-1") if remote else \
-                LocalProtocolError(text)
-            raise self._error
-        self._state = new
+        self._state = State.ERROR
+        text = f"{event.name} is not allowed in state {state.name}"
+        self._error = (
+            RemoteProtocolError(text, rule="MQTT-4.8.0-1") if remote else LocalProtocolError(text)
+        )
+        raise self._error
 
     def _send(self, packet: Packet, now: float) -> None:
         self._out.append(encode(packet))
@@ -240,18 +248,22 @@ class _Endpoint:
             msg = queue[0]
             if msg.qos == 0:
                 queue.popleft()
-                out.append(encode(Publish(msg.topic, msg.payload, 0, msg.retain)))
+                out.append(publish_bytes(msg.topic, msg.payload, 0, msg.retain, False, 0))
                 sent = True
                 continue
             if len(inflight) >= self._max_inflight:
                 break
-            pid = session.allocate_id()
-            if pid is None:
-                break
+            pid = session.next_id
+            if pid in inflight or pid in session.requests:
+                pid = session.allocate_id()  # type: ignore[assignment]
+                if pid is None:
+                    break
+            else:
+                session.next_id = pid + 1 if pid < 65535 else 1
             queue.popleft()
             msg.packet_id = pid
             inflight[pid] = msg
-            out.append(encode(Publish(msg.topic, msg.payload, msg.qos, msg.retain, False, pid)))
+            out.append(publish_bytes(msg.topic, msg.payload, msg.qos, msg.retain, False, pid))
             sent = True
         if sent:
             self._last_out = now
@@ -263,7 +275,7 @@ class _Endpoint:
                 self._out.append(encode(PubRel(pid)))
             else:
                 self._out.append(
-                    encode(Publish(msg.topic, msg.payload, msg.qos, msg.retain, True, pid))
+                    publish_bytes(msg.topic, msg.payload, msg.qos, msg.retain, True, pid)
                 )
             self._last_out = now
 
@@ -296,7 +308,7 @@ class _Endpoint:
         if msg.qos != 1:
             raise self._wrong_ack("PUBACK", packet.packet_id, "a QoS 2 publish")
         del inflight[packet.packet_id]
-        events.append(PublishAcked(msg.token, packet.packet_id))
+        events.append(_publish_acked(msg.token, packet.packet_id))
         if self._session.queue:
             self._pump(now)
 
@@ -338,8 +350,8 @@ class _Endpoint:
     def _on_publish(self, packet: Publish, events: list[Event], now: float) -> None:
         qos = packet.qos
         if qos == 0:
-            events.append(MessageReceived(packet.topic, packet.payload, 0, packet.retain,
-                                          False, None))
+            events.append(_message_received(packet.topic, packet.payload, 0, packet.retain,
+                                            False, None))
             return
         pid = packet.packet_id
         assert pid is not None
@@ -351,8 +363,8 @@ class _Endpoint:
                     self._send(PubRec(pid), now)
                 return
             inbound[pid] = False
-        events.append(MessageReceived(packet.topic, packet.payload, qos, packet.retain,
-                                      packet.dup, pid))
+        events.append(_message_received(packet.topic, packet.payload, qos, packet.retain,
+                                        packet.dup, pid))
         if self._auto_ack and not self._acks:
             self._send_ack(pid, qos, now)
         else:
@@ -361,10 +373,11 @@ class _Endpoint:
 
     def _send_ack(self, pid: int, qos: int, now: float) -> None:
         if qos == 1:
-            self._send(PubAck(pid), now)
+            self._out.append(bytes((0x40, 2, pid >> 8, pid & 0xFF)))  # PUBACK
         else:
             self._session.inbound_qos2[pid] = True
-            self._send(PubRec(pid), now)
+            self._out.append(bytes((0x50, 2, pid >> 8, pid & 0xFF)))  # PUBREC
+        self._last_out = now
 
     def _flush_acks(self, now: float) -> None:
         acks = self._acks

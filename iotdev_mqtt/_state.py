@@ -34,6 +34,11 @@ __all__ = ["CLIENT_TRANSITIONS", "SERVER_TRANSITIONS", "Input", "State"]
 
 
 class State(Enum):
+    # Identity hashing: Enum's own __hash__ is Python code, and the engines
+    # look up (state, input) pairs on every packet.  Members are singletons
+    # compared by identity, so this is equivalent.
+    __hash__ = object.__hash__
+
     DISCONNECTED = auto()
     CONNECTING = auto()
     CONNECTED = auto()
@@ -42,6 +47,8 @@ class State(Enum):
 
 
 class Input(Enum):
+    __hash__ = object.__hash__
+
     # commands from the application
     CONNECT = auto()
     ACCEPT = auto()
