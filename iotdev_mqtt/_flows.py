@@ -203,6 +203,12 @@ class _Endpoint:
         self._out.clear()
         self._acks.clear()
         self._error = None
+        # A QoS 2 message reported but not yet acknowledged by the application
+        # got no PUBREC: the peer will send it again, and it is delivered again
+        # (never stuck behind an ack that can no longer be sent).
+        inbound = self._session.inbound_qos2
+        for pid in [pid for pid, recorded in inbound.items() if not recorded]:
+            del inbound[pid]
 
     # ------------------------------------------------------------ outbound flow
 
