@@ -19,6 +19,7 @@ buffering it.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from typing import Literal
 
@@ -81,6 +82,9 @@ _FROM_CLIENT = tuple(t in {1, 3, 4, 5, 6, 7, 8, 10, 12, 14} for t in range(16))
 _FROM_SERVER = tuple(t in {2, 3, 4, 5, 6, 7, 9, 11, 13} for t in range(16))
 
 _RL1 = [bytes((i,)) for i in range(128)]
+_pack_bb = struct.Struct(">BB").pack
+_pack_bbb = struct.Struct(">BBB").pack
+_pack_bbh = struct.Struct(">BBH").pack
 
 
 # --------------------------------------------------------------------------- encode
@@ -270,14 +274,14 @@ def publish_bytes(
     first = 0x30 | (qos << 1) | (0x08 if dup else 0) | (0x01 if retain else 0)
     if qos:
         rl = len(head) + 2 + len(payload)
-        mid = bytes((pid >> 8, pid & 0xFF))
+        mid = pid.to_bytes(2, "big")
     else:
         rl = len(head) + len(payload)
         mid = b""
     if rl < 128:
-        return b"".join((bytes((first, rl)), head, mid, payload))
+        return b"".join((_pack_bb(first, rl), head, mid, payload))
     if rl < 16384:
-        return b"".join((bytes((first, (rl & 0x7F) | 0x80, rl >> 7)), head, mid, payload))
+        return b"".join((_pack_bbb(first, (rl & 0x7F) | 0x80, rl >> 7), head, mid, payload))
     return b"".join((bytes((first,)), encode_remaining_length(rl), head, mid, payload))
 
 
@@ -318,9 +322,9 @@ def _enc_publish(p: Publish) -> bytes:
         rl = len(head) + 2 + len(payload)
         mid = pid.to_bytes(2, "big")  # type: ignore[union-attr]
     if rl < 128:
-        return b"".join((bytes((first, rl)), head, mid, payload))
+        return b"".join((_pack_bb(first, rl), head, mid, payload))
     if rl < 16384:
-        return b"".join((bytes((first, (rl & 0x7F) | 0x80, rl >> 7)), head, mid, payload))
+        return b"".join((_pack_bbb(first, (rl & 0x7F) | 0x80, rl >> 7), head, mid, payload))
     return b"".join((bytes((first,)), encode_remaining_length(rl), head, mid, payload))
 
 
@@ -332,7 +336,7 @@ def _ack_encoder(first: int, name: str) -> Callable[[_IdOnly], bytes]:
         pid = p.packet_id
         if type(pid) is not int or not 0 < pid < 65536:
             _check_pid(pid, name)
-        return bytes((first, 2, pid >> 8, pid & 0xFF))
+        return _pack_bbh(first, 2, pid)
 
     return enc
 

@@ -33,7 +33,14 @@ from __future__ import annotations
 from collections import deque
 from typing import Literal
 
-from ._codec import _TOPIC_PREFIXED, PacketReader, _prefixed_topic, encode, publish_bytes
+from ._codec import (
+    _TOPIC_PREFIXED,
+    PacketReader,
+    _pack_bbh,
+    _prefixed_topic,
+    encode,
+    publish_bytes,
+)
 from ._errors import LocalProtocolError, QueueFull, RemoteProtocolError
 from ._events import Event, MessageReceived, PublishAcked, PublishFailed
 from ._fast import fast_constructor
@@ -379,10 +386,10 @@ class _Endpoint:
 
     def _send_ack(self, pid: int, qos: int, now: float) -> None:
         if qos == 1:
-            self._out.append(bytes((0x40, 2, pid >> 8, pid & 0xFF)))  # PUBACK
+            self._out.append(_pack_bbh(0x40, 2, pid))  # PUBACK
         else:
             self._session.inbound_qos2[pid] = True
-            self._out.append(bytes((0x50, 2, pid >> 8, pid & 0xFF)))  # PUBREC
+            self._out.append(_pack_bbh(0x50, 2, pid))  # PUBREC
         self._last_out = now
 
     def _flush_acks(self, now: float) -> None:
