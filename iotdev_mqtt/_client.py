@@ -26,6 +26,7 @@ from ._packets import (
     ConnAck,
     Connect,
     Disconnect,
+    Packet,
     PingReq,
     PingResp,
     PubAck,
@@ -308,33 +309,9 @@ class ClientConnection(_Endpoint):
             raise LocalProtocolError("receive_data() called with no connection: call connect()")
         if state is State.ERROR:
             self._move(Input.RECV_PUBLISH, remote=True)
-        events: list[Event] = []
-        try:
-            packets = self._reader.feed(data)
-        except RemoteProtocolError as exc:
-            try:
-                for packet in exc.packets:
-                    if self._state is State.CLOSING:
-                        break
-                    self._handle(packet, events, now)
-            except RemoteProtocolError:
-                pass
-            self._fail(exc)
-            exc.events = tuple(events)
-            raise
-        self._last_in = now
-        try:
-            for packet in packets:
-                if self._state is State.CLOSING:
-                    break
-                self._handle(packet, events, now)
-        except RemoteProtocolError as exc:
-            self._fail(exc)
-            exc.events = tuple(events)
-            raise
-        return events
+        return self._receive(data, now)
 
-    def _handle(self, packet: object, events: list[Event], now: float) -> None:
+    def _handle(self, packet: Packet, events: list[Event], now: float) -> None:
         kind = type(packet)
         if self._state is State.CONNECTING and kind is not ConnAck:
             raise RemoteProtocolError(
@@ -360,10 +337,10 @@ class ClientConnection(_Endpoint):
             self._on_connack(packet, events, now)  # type: ignore[arg-type]
         elif kind is SubAck:
             self._move(Input.RECV_SUBACK, remote=True)
-            self._on_suback(packet, events)  # type: ignore[arg-type]
+            self._on_suback(packet, events, now)  # type: ignore[arg-type]
         elif kind is UnsubAck:
             self._move(Input.RECV_UNSUBACK, remote=True)
-            self._on_unsuback(packet, events)  # type: ignore[arg-type]
+            self._on_unsuback(packet, events, now)  # type: ignore[arg-type]
         elif kind is PingResp:
             self._move(Input.RECV_PINGRESP, remote=True)
             self._ping_sent = None
@@ -390,7 +367,7 @@ class ClientConnection(_Endpoint):
                 self._send(req.packet, now)
         self._pump(now)
 
-    def _on_suback(self, packet: SubAck, events: list[Event]) -> None:
+    def _on_suback(self, packet: SubAck, events: list[Event], now: float) -> None:
         req = self._requests.get(packet.packet_id)
         if req is None or not isinstance(req.packet, Subscribe) or not req.sent:
             raise RemoteProtocolError(
@@ -406,8 +383,10 @@ class ClientConnection(_Endpoint):
         del self._requests[packet.packet_id]
         events.append(Subscribed(packet.packet_id, tuple(f for f, _ in subs),
                                  packet.return_codes))
+        if self._session.queue:  # the freed id may be the one a publish waits for
+            self._pump(now)
 
-    def _on_unsuback(self, packet: UnsubAck, events: list[Event]) -> None:
+    def _on_unsuback(self, packet: UnsubAck, events: list[Event], now: float) -> None:
         req = self._requests.get(packet.packet_id)
         if req is None or not isinstance(req.packet, Unsubscribe) or not req.sent:
             raise RemoteProtocolError(
@@ -416,6 +395,8 @@ class ClientConnection(_Endpoint):
             )
         del self._requests[packet.packet_id]
         events.append(Unsubscribed(packet.packet_id, req.packet.topic_filters))
+        if self._session.queue:
+            self._pump(now)
 
     # ----------------------------------------------------------------- I/O hooks
 

@@ -157,8 +157,10 @@ def _check_pid(pid: object, packet: str) -> int:
 
 
 def _check_qos(qos: object, packet: str, field: str, rule: str) -> int:
-    if (type(qos) is not int and not isinstance(qos, int)) or isinstance(qos, bool):
-        raise LocalProtocolError(f"must be 0, 1 or 2, got {qos!r}", packet=packet, field=field)
+    if isinstance(qos, bool) or not isinstance(qos, int):
+        raise LocalProtocolError(
+            f"must be the int 0, 1 or 2, got {qos!r}", packet=packet, field=field
+        )
     if not 0 <= qos <= 2:
         raise LocalProtocolError(
             f"must be 0, 1 or 2, got {qos!r}", packet=packet, field=field, rule=rule
@@ -299,7 +301,9 @@ def _enc_publish(p: Publish) -> bytes:
             )
         payload = bytes(payload)
     qos = p.qos
-    if qos == 0 and type(qos) is int:
+    if type(qos) is not int:
+        qos = _check_qos(qos, "PUBLISH", "QoS", "MQTT-3.3.1-4")
+    if qos == 0:
         if p.dup:
             raise LocalProtocolError(
                 "DUP must be 0 at QoS 0", packet="PUBLISH", field="DUP", rule="MQTT-3.3.1-2"
@@ -313,8 +317,8 @@ def _enc_publish(p: Publish) -> bytes:
         rl = len(head) + len(payload)
         mid = b""
     else:
-        if (qos != 1 and qos != 2) or type(qos) is bool:
-            qos = _check_qos(qos, "PUBLISH", "QoS", "MQTT-3.3.1-4")
+        if qos != 1 and qos != 2:
+            _check_qos(qos, "PUBLISH", "QoS", "MQTT-3.3.1-4")
         pid = p.packet_id
         if type(pid) is not int or not 0 < pid < 65536:
             _check_pid(pid, "PUBLISH")
@@ -712,9 +716,9 @@ class PacketReader:
 
     Args:
         role: ``"client"`` or ``"server"``.
-        max_packet_size: largest whole packet (fixed header included) accepted;
-            a bigger one raises ``PacketTooLarge`` as soon as its header has
-            arrived, so memory stays bounded by this figure.
+        max_packet_size: largest whole packet (fixed header included) accepted,
+            at least 5; a bigger one raises ``PacketTooLarge`` as soon as its
+            header has arrived, so memory stays bounded by this figure.
         strict_remaining_length: also refuse non-minimal remaining lengths such
             as ``80 00`` (legal in 3.1.1, forbidden in MQTT 5).
     """
@@ -736,8 +740,9 @@ class PacketReader:
             self._table = _TABLE_SERVER
         else:
             raise ValueError(f"role must be 'client' or 'server', got {role!r}")
-        if type(max_packet_size) is not int or max_packet_size < 2:
-            raise ValueError(f"max_packet_size must be an int >= 2, got {max_packet_size!r}")
+        if type(max_packet_size) is not int or max_packet_size < 5:
+            # >= 5 keeps a partial fixed header (at most 4 bytes) under the limit.
+            raise ValueError(f"max_packet_size must be an int >= 5, got {max_packet_size!r}")
         self.role: Role = role
         self._max = max_packet_size
         self._strict = strict_remaining_length

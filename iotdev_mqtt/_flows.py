@@ -36,6 +36,7 @@ from typing import Literal
 from ._codec import (
     _TOPIC_PREFIXED,
     PacketReader,
+    _check_qos,
     _pack_bbh,
     _prefixed_topic,
     encode,
@@ -217,6 +218,41 @@ class _Endpoint:
         for pid in [pid for pid, recorded in inbound.items() if not recorded]:
             del inbound[pid]
 
+    def _receive(self, data: bytes, now: float) -> list[Event]:
+        """Decode ``data`` and handle each packet in order.  The first violation
+        in stream order wins, whether the reader or the engine finds it, so any
+        split of the input gives the same error."""
+        events: list[Event] = []
+        try:
+            packets = self._reader.feed(data)
+        except RemoteProtocolError as exc:
+            error = exc
+            try:
+                self._handle_all(exc.packets, events, now)  # type: ignore[arg-type]
+            except RemoteProtocolError as earlier:
+                error = earlier
+            self._fail(error)
+            error.events = tuple(events)
+            raise error from None
+        self._last_in = now
+        try:
+            self._handle_all(packets, events, now)
+        except RemoteProtocolError as exc:
+            self._fail(exc)
+            exc.events = tuple(events)
+            raise
+        return events
+
+    def _handle_all(self, packets: list[Packet], events: list[Event], now: float) -> None:
+        handle = self._handle
+        for packet in packets:
+            if self._state is State.CLOSING:
+                return
+            handle(packet, events, now)
+
+    def _handle(self, packet: Packet, events: list[Event], now: float) -> None:
+        raise NotImplementedError
+
     # ------------------------------------------------------------ outbound flow
 
     def _publish(
@@ -231,11 +267,8 @@ class _Endpoint:
                     field="payload",
                 )
             payload = bytes(payload)
-        if qos not in (0, 1, 2) or type(qos) is bool:
-            raise LocalProtocolError(
-                f"must be 0, 1 or 2, got {qos!r}", packet="PUBLISH", field="QoS",
-                rule="MQTT-3.3.1-4",
-            )
+        if type(qos) is not int or not 0 <= qos <= 2:
+            qos = _check_qos(qos, "PUBLISH", "QoS", "MQTT-3.3.1-4")
         session = self._session
         if len(session.queue) >= self._max_queued:
             raise QueueFull(

@@ -110,31 +110,7 @@ class ServerConnection(_Endpoint):
             return []
         if state is State.ERROR:
             self._move(Input.RECV_PUBLISH, remote=True)
-        events: list[Event] = []
-        try:
-            packets = self._reader.feed(data)
-        except RemoteProtocolError as exc:
-            try:
-                for packet in exc.packets:
-                    if self._state is State.CLOSING:
-                        break
-                    self._handle(packet, events, now)  # type: ignore[arg-type]
-            except RemoteProtocolError:
-                pass
-            self._fail(exc)
-            exc.events = tuple(events)
-            raise
-        self._last_in = now
-        try:
-            for packet in packets:
-                if self._state is State.CLOSING:
-                    break
-                self._handle(packet, events, now)
-        except RemoteProtocolError as exc:
-            self._fail(exc)
-            exc.events = tuple(events)
-            raise
-        return events
+        return self._receive(data, now)
 
     def _handle(self, packet: Packet, events: list[Event], now: float) -> None:
         state = self._state
