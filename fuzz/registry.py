@@ -62,7 +62,7 @@ TargetFn = Callable[[bytes], str]
 SeedFn = Callable[[], Iterable[bytes]]
 
 # Modules whose import registers targets; add yours here.
-TARGET_MODULES: tuple[str, ...] = ("fuzz.targets",)
+TARGET_MODULES: tuple[str, ...] = ("fuzz.targets", "fuzz.engine_targets")
 
 
 @dataclass(frozen=True, slots=True)

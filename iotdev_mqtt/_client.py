@@ -261,6 +261,7 @@ class ClientConnection(_Endpoint):
         """Run the timers: PINGREQ when the client has been silent for keep
         alive seconds [MQTT-3.1.2-23]; ``ConnectionLost`` when CONNACK or
         PINGRESP is overdue."""
+        self._check_alive()
         state = self._state
         if state is State.CONNECTING:
             if self._connect_deadline is not None and now >= self._connect_deadline:

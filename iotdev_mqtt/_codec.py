@@ -229,7 +229,7 @@ def _enc_connect(p: Connect) -> bytes:
 
 def _enc_connack(p: ConnAck) -> bytes:
     rc = p.return_code
-    if (type(rc) is not int and not isinstance(rc, int)) or not 0 <= rc <= 5:
+    if isinstance(rc, bool) or not isinstance(rc, int) or not 0 <= rc <= 5:
         raise LocalProtocolError(
             f"must be 0 to 5, got {rc!r}", packet="CONNACK", field="return code", rule="3.2.2.3"
         )
@@ -385,7 +385,7 @@ def _enc_suback(p: SubAck) -> bytes:
             rule="MQTT-3.8.4-5",
         )
     for code in p.return_codes:
-        if code not in (0, 1, 2, 0x80) or type(code) is bool:
+        if isinstance(code, bool) or not isinstance(code, int) or code not in (0, 1, 2, 0x80):
             raise LocalProtocolError(
                 f"must be 0x00, 0x01, 0x02 or 0x80, got {code!r}", packet="SUBACK",
                 field="return code", rule="MQTT-3.9.3-2",

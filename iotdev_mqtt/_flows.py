@@ -87,7 +87,7 @@ class Session:
             whether their PUBREC was sent.
     """
 
-    __slots__ = ("inbound_qos2", "inflight", "next_id", "queue", "requests")
+    __slots__ = ("inbound_qos2", "inflight", "next_id", "next_token", "queue", "requests")
 
     def __init__(self) -> None:
         self.inflight: dict[int, OutboundMessage] = {}
@@ -95,6 +95,7 @@ class Session:
         self.inbound_qos2: dict[int, bool] = {}
         self.requests: dict[int, object] = {}
         self.next_id = 1
+        self.next_token = 1
 
     def allocate_id(self) -> int | None:
         """A packet id not in use by a publish or a request, or ``None`` if all
@@ -143,7 +144,6 @@ class _Endpoint:
         self._out: list[bytes] = []
         self._session = Session()
         self._acks: deque[list[object]] = deque()  # [packet_id, kind, ready]
-        self._next_token = 1
         self._keep_alive = 0
         self._last_out = 0.0
         self._last_in = 0.0
@@ -175,6 +175,10 @@ class _Endpoint:
     def pending(self) -> list[int]:
         """Tokens of our publishes not yet acknowledged (in flight, then queued)."""
         return self._session.pending_tokens()
+
+    def _check_alive(self) -> None:
+        if self._state is State.ERROR:
+            self._refuse(Input.TIMEOUT, False)
 
     def _move(self, event: Input, *, remote: bool = False) -> None:
         new = self._transitions.get((self._state, event))
@@ -231,10 +235,17 @@ class _Endpoint:
                 self._handle_all(exc.packets, events, now)  # type: ignore[arg-type]
             except RemoteProtocolError as earlier:
                 error = earlier
+            else:
+                if self._state is State.CLOSING:  # what follows is ignored anyway
+                    self._reader = PacketReader(self._role, self._max_packet_size)
+                    return events
+                if self._defer(error):
+                    return events
             self._fail(error)
             error.events = tuple(events)
             raise error from None
-        self._last_in = now
+        if packets:  # keep-alive counts whole packets, not a trickle of bytes
+            self._last_in = now
         try:
             self._handle_all(packets, events, now)
         except RemoteProtocolError as exc:
@@ -252,6 +263,10 @@ class _Endpoint:
 
     def _handle(self, packet: Packet, events: list[Event], now: float) -> None:
         raise NotImplementedError
+
+    def _defer(self, error: RemoteProtocolError) -> bool:
+        """Whether a reader error is held back (server: until ``accept()``)."""
+        return False
 
     # ------------------------------------------------------------ outbound flow
 
@@ -276,8 +291,8 @@ class _Endpoint:
                 f"(max_queued={self._max_queued})"
             )
         self._move(Input.PUBLISH)
-        token = self._next_token
-        self._next_token = token + 1
+        token = session.next_token
+        session.next_token = token + 1
         session.queue.append(OutboundMessage(token, topic, payload, int(qos), bool(retain)))
         if self._state is State.CONNECTED:
             self._pump(now)

@@ -61,6 +61,8 @@ class ServerConnection(_Endpoint):
         connect_timeout: seconds from ``now`` (if given) to the CONNECT.
         keep_alive_factor: the client is dropped after this many keep-alive
             intervals without a packet [MQTT-3.1.2-24].
+        max_early_packets: packets the client may pipeline after CONNECT
+            before ``accept()``; one more is a ``RemoteProtocolError``.
         now: when the transport was opened (starts the CONNECT timer).
     """
 
@@ -76,6 +78,7 @@ class ServerConnection(_Endpoint):
         auto_ack: bool = True,
         connect_timeout: float = 10.0,
         keep_alive_factor: float = 1.5,
+        max_early_packets: int = 1000,
         now: float | None = None,
     ) -> None:
         super().__init__(
@@ -88,6 +91,9 @@ class ServerConnection(_Endpoint):
         self._factor = keep_alive_factor
         self._connect_deadline = None if now is None else now + connect_timeout
         self._early: list[Packet] = []
+        self._early_error: RemoteProtocolError | None = None
+        self._max_early = max_early_packets
+        self._subscribes: dict[int, int] = {}  # SUBSCRIBE id -> number of filters
         self.connect_packet: Connect | None = None
 
     # ---------------------------------------------------------------- receiving
@@ -104,17 +110,34 @@ class ServerConnection(_Endpoint):
                 CONNECT [MQTT-3.1.0-1], a second CONNECT [MQTT-3.1.0-2], malformed
                 bytes...); close the transport, then call ``connection_lost()``.
                 Events from packets before the violation are on ``events``.
+                A violation after CONNECT and before ``accept()`` is raised by
+                ``accept()``, after the packets before it.
         """
         state = self._state
-        if state is State.CLOSING or not data:
+        if state is State.CLOSING or not data or self._early_error is not None:
             return []
         if state is State.ERROR:
             self._move(Input.RECV_PUBLISH, remote=True)
         return self._receive(data, now)
 
+    def _defer(self, error: RemoteProtocolError) -> bool:
+        if self._state is State.CONNECTING:
+            self._early_error = error  # raised by accept(), after the packets before it
+            return True
+        return False
+
     def _handle(self, packet: Packet, events: list[Event], now: float) -> None:
         state = self._state
         kind = type(packet)
+        if state is State.CONNECTING:
+            # Pipelined after CONNECT: held, and handled in order by accept().
+            if len(self._early) >= self._max_early:
+                raise RemoteProtocolError(
+                    f"more than {self._max_early} packets sent before CONNACK",
+                    packet=kind.__name__.upper(), rule="MQTT-4.8.0-1",
+                )
+            self._early.append(packet)
+            return
         if kind is Connect:
             if state is not State.DISCONNECTED:
                 raise RemoteProtocolError("a second CONNECT on one connection",
@@ -126,9 +149,6 @@ class ServerConnection(_Endpoint):
                 f"the first packet must be CONNECT, got {kind.__name__.upper()}",
                 rule="MQTT-3.1.0-1",
             )
-        if state is State.CONNECTING:
-            self._early.append(packet)  # pipelined after CONNECT: held for accept()
-            return
         if kind is Publish:
             self._move(Input.RECV_PUBLISH, remote=True)
             self._on_publish(packet, events, now)  # type: ignore[arg-type]
@@ -146,6 +166,7 @@ class ServerConnection(_Endpoint):
             self._on_pubrel(packet, now)  # type: ignore[arg-type]
         elif isinstance(packet, Subscribe):
             self._move(Input.RECV_SUBSCRIBE, remote=True)
+            self._subscribes[packet.packet_id] = len(packet.subscriptions)
             events.append(SubscribeReceived(packet.packet_id, packet.subscriptions))
         elif isinstance(packet, Unsubscribe):
             self._move(Input.RECV_UNSUBSCRIBE, remote=True)
@@ -211,11 +232,11 @@ class ServerConnection(_Endpoint):
         self._resend_inflight(now)
         self._pump(now)
         early, self._early = self._early, []
+        error, self._early_error = self._early_error, None
         try:
-            for packet in early:
-                if self._state is State.CLOSING:
-                    break
-                self._handle(packet, events, now)
+            self._handle_all(early, events, now)
+            if error is not None and self._state is not State.CLOSING:
+                raise error
         except RemoteProtocolError as exc:
             self._fail(exc)
             exc.events = tuple(events)
@@ -230,6 +251,7 @@ class ServerConnection(_Endpoint):
                                      field="return code", rule="3.2.2.3")
         self._move(Input.REFUSE)
         self._early.clear()
+        self._early_error = None
         self._send(ConnAck(False, return_code), now)
 
     def publish(
@@ -249,17 +271,29 @@ class ServerConnection(_Endpoint):
         packet = SubAck(packet_id, tuple(return_codes))
         data = encode(packet)
         self._move(Input.SUBACK)
-        if self._state is State.CONNECTED:
-            self._out.append(data)
-            self._last_out = now
+        if self._state is not State.CONNECTED:
+            return  # the connection is closing: nothing more is sent
+        expected = self._subscribes.get(packet_id)
+        if expected is None:
+            raise LocalProtocolError(f"no SUBSCRIBE with packet identifier {packet_id} waits "
+                                     "for an answer", packet="SUBACK", rule="MQTT-3.8.4-1")
+        if expected != len(packet.return_codes):
+            raise LocalProtocolError(
+                f"{len(packet.return_codes)} return codes for {expected} topic filters",
+                packet="SUBACK", field="return codes", rule="MQTT-3.8.4-5",
+            )
+        del self._subscribes[packet_id]
+        self._out.append(data)
+        self._last_out = now
 
     def ack(self, packet_id: int, *, now: float) -> bool:
         """Acknowledge a client's QoS 1/2 message (with ``auto_ack=False``)."""
         return self._ack(packet_id, now)
 
     def close(self) -> None:
-        """Decide to end the connection (e.g. credentials expired); close the
-        transport, then call ``connection_lost()``.  Publish the Will."""
+        """Decide to end the connection (e.g. credentials expired, or no CONNECT
+        worth answering); close the transport, then call ``connection_lost()``.
+        Publish the Will."""
         self._move(Input.DISCONNECT)
 
     # ------------------------------------------------------------------ timers
@@ -276,6 +310,7 @@ class ServerConnection(_Endpoint):
     def tick(self, now: float) -> list[Event]:
         """Run the timers: ``ConnectionLost`` when CONNECT is overdue or the
         client has been silent for ``keep_alive_factor`` x keep alive."""
+        self._check_alive()
         deadline = self.next_deadline()
         if deadline is None or now < deadline:
             return []
@@ -294,6 +329,8 @@ class ServerConnection(_Endpoint):
         self._move(Input.CONNECTION_LOST)
         self._reset_transport()
         self._early.clear()
+        self._early_error = None
+        self._subscribes.clear()
         self._connect_deadline = None
         return []
 

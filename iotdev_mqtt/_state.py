@@ -18,7 +18,9 @@ States (shared by both roles):
   waiting for CONNECT.
 * ``CONNECTING``: client: CONNECT sent, waiting for CONNACK.  Server: CONNECT
   received and reported, waiting for the application's ``accept()`` or
-  ``refuse()``.
+  ``refuse()``.  Packets the client pipelines meanwhile (and a decoding error
+  among them) are held, not fed through the table: ``accept()`` feeds them in
+  order, ``refuse()`` drops them [MQTT-3.1.4-5].
 * ``CONNECTED``: the session is live.
 * ``CLOSING``: this side has decided to end the transport (DISCONNECT sent or
   received, CONNACK refused, keep-alive or CONNACK timeout).  Nothing more is
@@ -115,11 +117,13 @@ CLIENT_TRANSITIONS: dict[tuple[State, Input], State] = {
 SERVER_TRANSITIONS: dict[tuple[State, Input], State] = {
     (S.DISCONNECTED, I.RECV_CONNECT): S.CONNECTING,
     (S.DISCONNECTED, I.REFUSE): S.CLOSING,
+    (S.DISCONNECTED, I.DISCONNECT): S.CLOSING,
     (S.DISCONNECTED, I.TIMEOUT): S.CLOSING,
     (S.DISCONNECTED, I.CONNECTION_LOST): S.DISCONNECTED,
     (S.DISCONNECTED, I.ACK): S.DISCONNECTED,
     (S.CONNECTING, I.ACCEPT): S.CONNECTED,
     (S.CONNECTING, I.REFUSE): S.CLOSING,
+    (S.CONNECTING, I.DISCONNECT): S.CLOSING,
     (S.CONNECTING, I.PUBLISH): S.CONNECTING,
     (S.CONNECTING, I.TIMEOUT): S.CLOSING,
     (S.CONNECTING, I.CONNECTION_LOST): S.DISCONNECTED,
