@@ -784,8 +784,49 @@ class PacketReader:
         else:
             buf = bytes(data)
         out: list[Packet] = []
+        n = len(buf)
+        pos = 0
+        table = self._table
+        limit = self._max
         try:
-            pos = self._parse(buf, out)
+            # The parse loop lives here rather than in a method: one call less per
+            # feed() on the hot path.
+            while n - pos >= 2:
+                first = buf[pos]
+                fixed = table[first]
+                if fixed < 0:
+                    raise self._header_error(first)
+                byte = buf[pos + 1]
+                if byte < 128:
+                    rl = byte
+                    start = pos + 2
+                elif n - pos > 2 and 0 < buf[pos + 2] < 128:
+                    rl = (byte & 0x7F) | (buf[pos + 2] << 7)
+                    start = pos + 3
+                else:
+                    found = self._long_remaining_length(buf, pos, n)
+                    if found is None:
+                        break
+                    rl, start = found
+                if fixed < _VARIABLE and rl != fixed:
+                    ptype = first >> 4
+                    raise MalformedPacket(
+                        f"remaining length is {rl}, must be {fixed}", packet=_NAMES[ptype],
+                        field="remaining length", rule=f"3.{ptype}.1",
+                    )
+                end = start + rl
+                if end - pos > limit:
+                    raise PacketTooLarge(
+                        f"is {end - pos} bytes, the limit is {limit}",
+                        packet=_NAMES[first >> 4], field="remaining length",
+                    )
+                if end > n:
+                    break
+                if first & 0xF0 == 0x30:
+                    out.append(_dec_publish(first, buf, start, end))
+                else:
+                    out.append(_DECODERS[first >> 4](first, buf, start, end))  # type: ignore[misc]
+                pos = end
         except RemoteProtocolError as exc:
             exc.packets = tuple(out)
             self._error = exc
@@ -794,9 +835,35 @@ class PacketReader:
         if buf is self._buf:
             if pos:
                 del buf[:pos]
-        elif pos < len(buf):
+        elif pos < n:
             self._buf = bytearray(buf[pos:])
         return out
+
+    def _long_remaining_length(self, buf: Buffer, pos: int, n: int) -> tuple[int, int] | None:
+        """A remaining length of 3 or 4 bytes (or a non-minimal 2-byte one) at
+        ``pos + 1``: ``(value, body start)``, or ``None`` if it is incomplete."""
+        rl = 0
+        i = pos + 1
+        shift = 0
+        while True:
+            if i >= n:
+                return None
+            byte = buf[i]
+            rl |= (byte & 0x7F) << shift
+            i += 1
+            if byte < 128:
+                break
+            if shift == 21:
+                raise MalformedPacket(
+                    "remaining length has a continuation bit in its 4th byte",
+                    packet=_NAMES[buf[pos] >> 4], field="remaining length", rule="2.2.3",
+                )
+            shift += 7
+        if byte == 0 and self._strict:
+            raise MalformedPacket("remaining length is not minimally encoded",
+                                  packet=_NAMES[buf[pos] >> 4], field="remaining length",
+                                  rule="2.2.3")
+        return rl, i
 
     def _header_error(self, first: int) -> RemoteProtocolError:
         """The error for a first byte that ``_FIRST_BYTE`` marks as refused."""
@@ -822,67 +889,6 @@ class PacketReader:
             f"flags are {flags:04b}, must be {required:04b}", packet=name,
             field="fixed header", rule=_FLAG_RULE.get(ptype, "MQTT-2.2.2-2"),
         )
-
-    def _parse(self, buf: Buffer, out: list[Packet]) -> int:
-        n = len(buf)
-        pos = 0
-        table = self._table
-        limit = self._max
-        while n - pos >= 2:
-            first = buf[pos]
-            fixed = table[first]
-            if fixed < 0:
-                raise self._header_error(first)
-            byte = buf[pos + 1]
-            if byte < 128:
-                rl = byte
-                start = pos + 2
-            elif n - pos > 2 and 0 < buf[pos + 2] < 128:
-                rl = (byte & 0x7F) | (buf[pos + 2] << 7)
-                start = pos + 3
-            else:
-                rl = byte & 0x7F
-                i = pos + 2
-                shift = 7
-                while True:
-                    if i >= n:
-                        return pos
-                    byte = buf[i]
-                    rl |= (byte & 0x7F) << shift
-                    i += 1
-                    if byte < 128:
-                        break
-                    if shift == 21:
-                        raise MalformedPacket(
-                            "remaining length has a continuation bit in its 4th byte",
-                            packet=_NAMES[first >> 4], field="remaining length", rule="2.2.3",
-                        )
-                    shift += 7
-                if byte == 0 and self._strict:
-                    raise MalformedPacket("remaining length is not minimally encoded",
-                                          packet=_NAMES[first >> 4], field="remaining length",
-                                          rule="2.2.3")
-                start = i
-            if fixed < _VARIABLE and rl != fixed:
-                ptype = first >> 4
-                raise MalformedPacket(
-                    f"remaining length is {rl}, must be {fixed}", packet=_NAMES[ptype],
-                    field="remaining length", rule=f"3.{ptype}.1",
-                )
-            end = start + rl
-            if end - pos > limit:
-                raise PacketTooLarge(
-                    f"is {end - pos} bytes, the limit is {limit}", packet=_NAMES[first >> 4],
-                    field="remaining length",
-                )
-            if end > n:
-                return pos
-            if first & 0xF0 == 0x30:
-                out.append(_dec_publish(first, buf, start, end))
-            else:
-                out.append(_DECODERS[first >> 4](first, buf, start, end))  # type: ignore[misc]
-            pos = end
-        return pos
 
 
 def _first_byte_table(accept: tuple[bool, ...]) -> tuple[int, ...]:
