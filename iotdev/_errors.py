@@ -1,0 +1,138 @@
+"""The exception tree of ``iotdev``, named as in azure-iot-device v2.
+
+::
+
+    ClientError
+    ├── ConnectionFailedError          could not establish a connection
+    │   ├── HostNotFoundError          DNS lookup failed
+    │   ├── ConnectionRefusedByHostError   TCP connection refused / unreachable
+    │   ├── ConnectTimeoutError        TCP, proxy, TLS or WebSocket handshake too slow
+    │   ├── TLSError                   TLS handshake failed (protocol, cipher...)
+    │   │   └── TLSVerificationError   server certificate not trusted (``reason``)
+    │   ├── ProxyError                 the proxy refused (``status``, ``reason``)
+    │   │   └── ProxyAuthenticationError  (also a CredentialError)
+    │   └── WebSocketUpgradeError      the server refused the upgrade (``status``, ``reason``)
+    ├── ConnectionDroppedError         the connection was lost during the operation
+    ├── NoConnectionError              not connected and auto-connect is off
+    └── CredentialError                CONNACK 4/5: bad or expired credentials
+    OperationTimeout                   an operation did not complete in time
+    OperationCancelled                 shutdown / disconnect cancelled an operation
+    ServiceError                       the service answered with an error status
+
+As in v2, ``OperationTimeout``, ``OperationCancelled`` and ``ServiceError`` are
+not ``ClientError`` subclasses.  Every error raised at the transport boundary
+chains the original exception (``raise ... from exc``).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ClientError",
+    "ConnectTimeoutError",
+    "ConnectionDroppedError",
+    "ConnectionFailedError",
+    "ConnectionRefusedByHostError",
+    "CredentialError",
+    "HostNotFoundError",
+    "NoConnectionError",
+    "OperationCancelled",
+    "OperationTimeout",
+    "ProxyAuthenticationError",
+    "ProxyError",
+    "ServiceError",
+    "TLSError",
+    "TLSVerificationError",
+    "WebSocketUpgradeError",
+]
+
+
+class ClientError(Exception):
+    """A client-side failure."""
+
+
+class ConnectionFailedError(ClientError):
+    """Could not establish a connection."""
+
+
+class HostNotFoundError(ConnectionFailedError):
+    """The host name did not resolve."""
+
+
+class ConnectionRefusedByHostError(ConnectionFailedError):
+    """The TCP connection was refused or the host is unreachable."""
+
+
+class ConnectTimeoutError(ConnectionFailedError):
+    """A step of establishing the connection took longer than allowed."""
+
+
+class TLSError(ConnectionFailedError):
+    """The TLS handshake failed."""
+
+
+class TLSVerificationError(TLSError):
+    """The server's certificate or host name did not verify.
+
+    Attributes:
+        reason: OpenSSL's verification message, e.g. ``"certificate has expired"``.
+    """
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ProxyError(ConnectionFailedError):
+    """The proxy refused the tunnel.
+
+    Attributes:
+        status: the HTTP status or SOCKS reply code, if any.
+        reason: the proxy's reason phrase or the meaning of its code.
+    """
+
+    def __init__(self, message: str, status: int | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+class CredentialError(ClientError):
+    """Credentials were refused (CONNACK 4 or 5, proxy authentication)."""
+
+
+class ProxyAuthenticationError(ProxyError, CredentialError):
+    """The proxy refused our credentials (HTTP 407, SOCKS5 authentication)."""
+
+
+class WebSocketUpgradeError(ConnectionFailedError):
+    """The server refused the WebSocket upgrade.
+
+    Attributes:
+        status: the HTTP status of the refusal.
+        reason: its reason phrase.
+    """
+
+    def __init__(self, message: str, status: int | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+class ConnectionDroppedError(ClientError):
+    """The connection was lost while the operation was in progress."""
+
+
+class NoConnectionError(ClientError):
+    """The client is not connected and will not connect on its own."""
+
+
+class OperationTimeout(Exception):
+    """The operation did not complete within its timeout."""
+
+
+class OperationCancelled(Exception):
+    """The operation was cancelled (shutdown, disconnect)."""
+
+
+class ServiceError(Exception):
+    """The service answered with an error status."""

@@ -1,0 +1,9 @@
+"""The I/O layer: sans-IO byte layers (proxy, TLS, WebSocket) and the drivers
+that own sockets, threads and event loops."""
+
+from __future__ import annotations
+
+from ._layer import Layer, Stack
+from ._tls import X509, TLSLayer, make_client_context
+
+__all__ = ["X509", "Layer", "Stack", "TLSLayer", "make_client_context"]
