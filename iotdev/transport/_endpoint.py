@@ -1,0 +1,111 @@
+"""Where and how to connect: host, port, TLS, WebSocket, proxy; the layer stack
+for it; and the mapping of socket errors to ``iotdev`` errors.  Shared by the
+thread driver and the asyncio driver."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .._errors import (
+    ConnectionFailedError,
+    ConnectionRefusedByHostError,
+    ConnectTimeoutError,
+    HostNotFoundError,
+)
+from ._layer import Layer, Stack
+from ._tls import TLSLayer
+
+__all__ = ["Endpoint", "map_connect_error"]
+
+TransportName = Literal["tcp", "tls", "websockets"]
+
+
+@dataclass
+class Endpoint:
+    """One place to connect to.
+
+    Attributes:
+        host: the server's host name (TLS SNI and verification use it, or
+            ``server_hostname`` when set).
+        port: its port.
+        transport: ``"tcp"`` (plain MQTT), ``"tls"`` or ``"websockets"`` (MQTT
+            over WebSocket over TLS).
+        tls_context: the TLS client context (``make_client_context()``); needed
+            for ``"tls"`` and ``"websockets"``.
+        server_hostname: name to verify and send as SNI, if not ``host``.
+        ws_path: the WebSocket request path.
+        proxy: ``ProxyOptions`` or ``None``.
+        connect_timeout: seconds for TCP connect plus every handshake.
+    """
+
+    host: str
+    port: int
+    transport: TransportName = "tcp"
+    tls_context: ssl.SSLContext | None = None
+    server_hostname: str | None = None
+    ws_path: str = "/mqtt"
+    proxy: Any = None
+    connect_timeout: float = 30.0
+    ws_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.transport not in ("tcp", "tls", "websockets"):
+            raise ValueError(f"transport must be 'tcp', 'tls' or 'websockets', "
+                             f"got {self.transport!r}")
+        if self.transport != "tcp" and self.tls_context is None:
+            raise ValueError(f"transport {self.transport!r} needs a tls_context")
+        if not isinstance(self.port, int) or not 0 < self.port < 65536:
+            raise ValueError(f"port must be an int from 1 to 65535, got {self.port!r}")
+
+    @property
+    def dial_address(self) -> tuple[str, int]:
+        """The TCP peer: the proxy when there is one, else the server."""
+        if self.proxy is not None:
+            return (self.proxy.proxy_addr, self.proxy.proxy_port)
+        return (self.host, self.port)
+
+    def describe(self) -> str:
+        scheme = {"tcp": "mqtt", "tls": "mqtts", "websockets": "wss"}[self.transport]
+        where = f"{scheme}://{self.host}:{self.port}"
+        if self.transport == "websockets":
+            where += self.ws_path
+        if self.proxy is not None:
+            where += f" via {self.proxy.proxy_type} proxy {self.proxy.proxy_addr}:" \
+                     f"{self.proxy.proxy_port}"
+        return where
+
+    def stack(self) -> Stack:
+        """A fresh layer stack for one connection attempt."""
+        layers: list[Layer] = []
+        if self.proxy is not None:
+            from ._proxy import proxy_layer
+
+            layers.append(proxy_layer(self.proxy, self.host, self.port))
+        if self.transport in ("tls", "websockets"):
+            assert self.tls_context is not None
+            layers.append(TLSLayer(self.tls_context, self.server_hostname or self.host))
+        if self.transport == "websockets":
+            from ._ws import WebSocketLayer
+
+            layers.append(WebSocketLayer(self.host, path=self.ws_path,
+                                         extra_headers=self.ws_headers or None))
+        return Stack(layers)
+
+
+def map_connect_error(exc: BaseException, endpoint: Endpoint) -> ConnectionFailedError:
+    """The ``iotdev`` error for a failure to open the TCP connection."""
+    host, port = endpoint.dial_address
+    if isinstance(exc, ConnectionFailedError):
+        return exc
+    if isinstance(exc, socket.gaierror):
+        return HostNotFoundError(f"cannot resolve {host!r}: {exc.strerror or exc}")
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return ConnectTimeoutError(
+            f"TCP connect to {host}:{port} took longer than {endpoint.connect_timeout:g} s")
+    if isinstance(exc, OSError):
+        return ConnectionRefusedByHostError(
+            f"cannot connect to {host}:{port}: {exc.strerror or exc}")
+    return ConnectionFailedError(f"cannot connect to {endpoint.describe()}: {exc}")

@@ -1,0 +1,594 @@
+"""The synchronous driver: one I/O thread owns the socket, the layer stack and
+the MQTT engine; callers hand it commands and wait on futures.
+
+Theory of operation
+-------------------
+Callers never touch the engine.  A call (``publish()``, ``subscribe()`` ...)
+appends a command to a deque, writes one byte to a wake-up socket pair and
+returns a ``concurrent.futures.Future``.  The I/O thread sleeps in
+``selectors`` on the server socket and the wake-up socket, with a timeout from
+the engine's ``next_deadline()`` (keep-alive), the handshake deadline or the
+reconnect time.  Each turn it reads what arrived, feeds the stack and the
+engine, runs queued commands, runs the timers, and writes what the engine
+produced (non-blocking; a partial write keeps the rest and waits for
+writability).  Engine events resolve futures (``PublishAcked`` by token,
+``Subscribed`` by packet id) or go to the handler thread (messages, connection
+state changes): user callbacks never run on the I/O thread and never under a
+lock, so a slow handler cannot stall keep-alive.
+
+Reconnection: on any loss (EOF, socket error, protocol violation, keep-alive
+timeout) the socket is closed and the engine told (``connection_lost()``).
+With the policy enabled the driver waits (back-off with jitter), refreshes
+credentials and connects again with clean session 0; the engine re-sends
+unacknowledged publishes with DUP=1, and their futures stay pending across the
+gap.  CONNACK 4/5 stops the retries unless credentials are refreshable.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import queue
+import random
+import selectors
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from iotdev_mqtt import (
+    ClientConnection,
+    Connected,
+    ConnectionLost,
+    ConnectRefused,
+    Event,
+    MessageReceived,
+    ProtocolError,
+    PublishAcked,
+    PublishFailed,
+    RequestFailed,
+    State,
+    Subscribed,
+    Unsubscribed,
+)
+
+from .._errors import (
+    ClientError,
+    ConnectionDroppedError,
+    ConnectTimeoutError,
+    CredentialError,
+    OperationCancelled,
+)
+from ._endpoint import Endpoint, map_connect_error
+from ._layer import Stack
+from ._options import ConnectOptions, ReconnectPolicy, connack_error
+
+__all__ = ["ThreadDriver"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Any], None]
+
+
+class ThreadDriver:
+    """One MQTT connection (and its reconnections) on one I/O thread.
+
+    Args:
+        endpoint: where to connect.
+        options: what CONNECT carries.
+        reconnect: the reconnect policy.
+        on_message: called with each ``MessageReceived`` on the handler thread.
+        on_state: called with ``(connected: bool, reason: str | None)`` on the
+            handler thread at every connection state change.
+        on_error: called with background exceptions (a handler that raised, a
+            failed reconnect) on the handler thread.
+        engine_options: passed to ``ClientConnection``.
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        options: ConnectOptions,
+        *,
+        reconnect: ReconnectPolicy | None = None,
+        on_message: Handler | None = None,
+        on_state: Callable[[bool, str | None], None] | None = None,
+        on_error: Handler | None = None,
+        **engine_options: Any,
+    ) -> None:
+        self.endpoint = endpoint
+        self.options = options
+        self.reconnect = reconnect or ReconnectPolicy()
+        self.on_message = on_message
+        self.on_state = on_state
+        self.on_error = on_error
+        self._engine_options = engine_options
+        self.engine = ClientConnection(**engine_options)
+        self._commands: deque[Callable[[], None]] = deque()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._sock: socket.socket | None = None
+        self._stack: Stack | None = None
+        self._pending_out = b""
+        self._handshake_deadline: float | None = None
+        self._retry_at: float | None = None
+        self._attempt = 0
+        self._want_connected = False
+        self._connect_future: Future[None] | None = None
+        self._publishes: dict[int, Future[None]] = {}
+        self._qos0: list[Future[None]] = []
+        self._requests: dict[int, Future[Any]] = {}
+        self._stopping = False
+        self._connected = False
+        self._ever_connected = False
+        self._rng = random.Random()
+        self._thread = threading.Thread(target=self._run, name="iotdev-io", daemon=True)
+        self._handlers: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._handler_thread: threading.Thread | None = None
+        self._thread.start()
+
+    # ------------------------------------------------------------ caller side
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def _submit(self, command: Callable[[], None]) -> None:
+        if self._stopping:
+            raise ClientError("the client has been shut down")
+        self._commands.append(command)
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # the wake-up buffer is full: the I/O thread is awake anyway
+
+    def connect(self) -> Future[None]:
+        """Connect (or wait for the connection in progress)."""
+        fut: Future[None] = Future()
+        self._submit(lambda: self._cmd_connect(fut))
+        return fut
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> Future[None]:
+        """Queue a publish; the future resolves on PUBACK/PUBCOMP (QoS 0: once
+        written)."""
+        fut: Future[None] = Future()
+        self._submit(lambda: self._cmd_publish(fut, topic, payload, qos, retain))
+        return fut
+
+    def subscribe(self, subscriptions: list[tuple[str, int]]) -> Future[tuple[int, ...]]:
+        fut: Future[tuple[int, ...]] = Future()
+        self._submit(lambda: self._cmd_request(fut, "subscribe", subscriptions))
+        return fut
+
+    def unsubscribe(self, topic_filters: list[str]) -> Future[None]:
+        fut: Future[None] = Future()
+        self._submit(lambda: self._cmd_request(fut, "unsubscribe", topic_filters))
+        return fut
+
+    def disconnect(self) -> Future[None]:
+        """Send DISCONNECT, close, and stop reconnecting."""
+        fut: Future[None] = Future()
+        self._submit(lambda: self._cmd_disconnect(fut))
+        return fut
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop the I/O and handler threads; pending operations end with
+        ``OperationCancelled``.  Idempotent."""
+        if self._stopping:
+            return
+        self._submit(self._cmd_shutdown)
+        self._stopping = True
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        if self._handler_thread is not None:
+            self._handlers.put(None)
+            if threading.current_thread() is not self._handler_thread:
+                self._handler_thread.join(timeout)
+
+    # ---------------------------------------------------------- handler thread
+
+    def _dispatch(self, call: Callable[[], None]) -> None:
+        if self._handler_thread is None:
+            self._handler_thread = threading.Thread(
+                target=self._run_handlers, name="iotdev-handlers", daemon=True)
+            self._handler_thread.start()
+        self._handlers.put(call)
+
+    def _run_handlers(self) -> None:
+        while True:
+            call = self._handlers.get()
+            if call is None:
+                return
+            try:
+                call()
+            except Exception as exc:  # a user handler failed: report, keep going
+                log.exception("handler raised")
+                if self.on_error is not None:
+                    try:
+                        self.on_error(exc)
+                    except Exception:
+                        log.exception("on_error raised")
+
+    def _report_state(self, connected: bool, reason: str | None) -> None:
+        self._connected = connected
+        if self.on_state is not None:
+            on_state = self.on_state
+            self._dispatch(lambda: on_state(connected, reason))
+
+    def _report_error(self, exc: BaseException) -> None:
+        if self.on_error is not None:
+            on_error = self.on_error
+            self._dispatch(lambda: on_error(exc))
+
+    # --------------------------------------------------------------- commands
+
+    def _cmd_connect(self, fut: Future[None]) -> None:
+        self._want_connected = True
+        if self.engine.state is State.CONNECTED:
+            fut.set_result(None)
+            return
+        if self._connect_future is not None and not self._connect_future.done():
+            self._connect_future.add_done_callback(lambda f: _copy(f, fut))
+            return
+        self._connect_future = fut
+        if self._sock is None:
+            self._attempt = 0
+            self._retry_at = time.monotonic()
+
+    def _cmd_publish(self, fut: Future[None], topic: str, payload: bytes, qos: int,
+                     retain: bool) -> None:
+        if not fut.set_running_or_notify_cancel():
+            return
+        try:
+            token = self.engine.publish(topic, payload, qos, retain, now=time.monotonic())
+        except ProtocolError as exc:
+            fut.set_exception(exc)
+            return
+        if qos == 0:
+            self._qos0.append(fut)
+        else:
+            self._publishes[token] = fut
+
+    def _cmd_request(self, fut: Future[Any], kind: str, arg: Any) -> None:
+        if not fut.set_running_or_notify_cancel():
+            return
+        if self.engine.state is not State.CONNECTED:
+            fut.set_exception(ConnectionDroppedError(f"cannot {kind}: not connected"))
+            return
+        try:
+            if kind == "subscribe":
+                pid = self.engine.subscribe(arg, now=time.monotonic())
+            else:
+                pid = self.engine.unsubscribe(arg, now=time.monotonic())
+        except ProtocolError as exc:
+            fut.set_exception(exc)
+            return
+        self._requests[pid] = fut
+
+    def _cmd_disconnect(self, fut: Future[None]) -> None:
+        self._want_connected = False
+        self._retry_at = None
+        self._goodbye()
+        self._close_socket("disconnected by the application", report=True)
+        cancelled = OperationCancelled("disconnect() was called")
+        if self._connect_future is not None and not self._connect_future.done():
+            self._connect_future.set_exception(cancelled)
+        self._fail_pending(cancelled)
+        fut.set_result(None)
+
+    def _goodbye(self) -> None:
+        """Send DISCONNECT (and a clean close of the layers), waiting briefly
+        for the socket to take it."""
+        sock, stack = self._sock, self._stack
+        if sock is None or stack is None or self.engine.state is not State.CONNECTED:
+            return
+        self.engine.disconnect(now=time.monotonic())
+        try:
+            stack.send(self.engine.data_to_send())
+            stack.close()
+            data = self._pending_out + stack.data_to_send()
+            sock.settimeout(1.0)
+            sock.sendall(data)
+        except (OSError, ClientError):
+            pass
+        self._pending_out = b""
+
+    def _cmd_shutdown(self) -> None:
+        self._want_connected = False
+        self._goodbye()
+        self._close_socket("shut down", report=self._connected)
+        cancelled = OperationCancelled("the client was shut down")
+        for fut in [*self._publishes.values(), *self._qos0, *self._requests.values()]:
+            if not fut.done():
+                fut.set_exception(cancelled)
+        if self._connect_future is not None and not self._connect_future.done():
+            self._connect_future.set_exception(cancelled)
+        self._publishes.clear()
+        self._qos0.clear()
+        self._requests.clear()
+        raise _Stop
+
+    # ---------------------------------------------------------------- I/O loop
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._turn()
+        except _Stop:
+            pass
+        except BaseException as exc:  # pragma: no cover - a bug: never die silently
+            log.exception("the I/O thread failed")
+            self._report_error(exc)
+        finally:
+            self._selector.close()
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _timeout(self, now: float) -> float | None:
+        deadlines = [d for d in (self.engine.next_deadline() if self._sock else None,
+                                 self._handshake_deadline, self._retry_at) if d is not None]
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - now)
+
+    def _turn(self) -> None:
+        ready = self._selector.select(self._timeout(time.monotonic()))
+        for key, mask in ready:
+            if key.fileobj is self._wake_r:
+                try:
+                    while self._wake_r.recv(4096):
+                        pass
+                except (BlockingIOError, OSError):
+                    pass
+            elif mask & selectors.EVENT_READ:
+                self._read()
+        while self._commands:
+            self._commands.popleft()()
+        now = time.monotonic()
+        if self._retry_at is not None and now >= self._retry_at and self._sock is None:
+            self._retry_at = None
+            self._open()
+        if self._handshake_deadline is not None and now >= self._handshake_deadline:
+            self._fail_attempt(ConnectTimeoutError(
+                f"handshake with {self.endpoint.describe()} took longer than "
+                f"{self.endpoint.connect_timeout:g} s"))
+        if self._sock is not None and self._stack is not None and self._stack.established:
+            deadline = self.engine.next_deadline()
+            if deadline is not None and now >= deadline:
+                self._handle(self.engine.tick(now))
+        self._flush()
+
+    def _open(self) -> None:
+        """One connection attempt: TCP connect (blocking, bounded), then the
+        handshakes run in the loop."""
+        self._attempt += 1
+        endpoint = self.endpoint
+        try:
+            sock = socket.create_connection(endpoint.dial_address,
+                                            timeout=endpoint.connect_timeout)
+        except OSError as exc:
+            self._fail_attempt(map_connect_error(exc, endpoint), exc)
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        self._sock = sock
+        self._selector.register(sock, selectors.EVENT_READ)
+        self._handshake_deadline = time.monotonic() + endpoint.connect_timeout
+        self._stack = endpoint.stack()
+        try:
+            self._stack.start()
+        except ClientError as exc:
+            self._fail_attempt(exc)
+            return
+        self._maybe_start_mqtt()
+
+    def _maybe_start_mqtt(self) -> None:
+        stack = self._stack
+        if stack is None or not stack.established or self.engine.state is not State.DISCONNECTED:
+            return
+        try:
+            creds = self.options.current_credentials()
+        except Exception as exc:
+            self._fail_attempt(ClientError(f"the credentials callable failed: {exc}"), exc)
+            return
+        self._handle(self.engine.connect(
+            self.options.client_id, now=time.monotonic(),
+            clean_session=self.options.clean_session,
+            keep_alive=self.options.keep_alive, username=creds.username,
+            password=creds.password, will=self.options.will,
+        ))
+
+    def _read(self) -> None:
+        sock, stack = self._sock, self._stack
+        if sock is None or stack is None:
+            return
+        try:
+            data = sock.recv(262144)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(f"socket error: {exc}", exc)
+            return
+        try:
+            app = stack.receive_data(data)
+            if not stack.established:
+                if not data:
+                    raise ConnectionDroppedError(
+                        f"{self.endpoint.describe()} closed the connection during the handshake")
+                return
+            if self.engine.state is State.DISCONNECTED:
+                self._maybe_start_mqtt()
+            if app:
+                self._handle(self.engine.receive_data(app, now=time.monotonic()))
+        except ProtocolError as exc:
+            events = getattr(exc, "events", ())
+            self._handle(list(events))
+            self._lost(f"protocol violation by the server: {exc}", exc)
+            return
+        except ClientError as exc:
+            if self._connected:
+                self._lost(str(exc), exc)
+            else:
+                self._fail_attempt(exc)
+            return
+        if not data or stack.closed:
+            self._lost("the server closed the connection")
+
+    def _flush(self) -> None:
+        sock, stack = self._sock, self._stack
+        if sock is None or stack is None:
+            return
+        if stack.established and self.engine.state is State.DISCONNECTED:
+            self._maybe_start_mqtt()
+        try:
+            out = self.engine.data_to_send()
+            if out:
+                stack.send(out)
+            raw = stack.data_to_send()
+        except ClientError as exc:
+            self._lost(str(exc), exc)
+            return
+        data = self._pending_out + raw if self._pending_out else raw
+        if data:
+            try:
+                sent = sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._lost(f"socket error: {exc}", exc)
+                return
+            self._pending_out = data[sent:]
+            mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._pending_out else 0)
+            self._selector.modify(sock, mask)
+        if self._qos0 and not self._pending_out:
+            for fut in self._qos0:
+                fut.set_result(None)
+            self._qos0.clear()
+
+    # ------------------------------------------------------------- the engine
+
+    def _handle(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, PublishAcked):
+                fut = self._publishes.pop(event.token, None)
+                if fut is not None:
+                    fut.set_result(None)
+            elif isinstance(event, MessageReceived):
+                if self.on_message is not None:
+                    self._dispatch(functools.partial(self.on_message, event))
+            elif isinstance(event, Subscribed):
+                req = self._requests.pop(event.packet_id, None)
+                if req is not None:
+                    req.set_result(event.return_codes)
+            elif isinstance(event, Unsubscribed):
+                req = self._requests.pop(event.packet_id, None)
+                if req is not None:
+                    req.set_result(None)
+            elif isinstance(event, Connected):
+                self._connected_now()
+            elif isinstance(event, ConnectRefused):
+                error = connack_error(event.return_code, self.endpoint.describe())
+                if event.return_code in (1, 2) or (
+                    isinstance(error, CredentialError) and not self.options.refreshable
+                ):
+                    self._want_connected = False  # retrying cannot help
+                self._fail_attempt(error)
+            elif isinstance(event, ConnectionLost):
+                self._lost(event.reason)
+            elif isinstance(event, PublishFailed):
+                fut = self._publishes.pop(event.token, None)
+                if fut is not None:
+                    fut.set_exception(ConnectionDroppedError(event.reason))
+            elif isinstance(event, RequestFailed):
+                req = self._requests.pop(event.packet_id, None)
+                if req is not None:
+                    req.set_exception(ConnectionDroppedError(event.reason))
+
+    def _connected_now(self) -> None:
+        self._handshake_deadline = None
+        self._attempt = 0
+        self._ever_connected = True
+        if self._connect_future is not None and not self._connect_future.done():
+            self._connect_future.set_result(None)
+        self._report_state(True, None)
+
+    # ---------------------------------------------------------- losing and retry
+
+    def _close_socket(self, reason: str, *, report: bool) -> None:
+        sock = self._sock
+        if sock is not None:
+            try:
+                self._selector.unregister(sock)
+            except (KeyError, ValueError):
+                pass
+            sock.close()
+            self._sock = None
+        self._stack = None
+        self._pending_out = b""
+        self._handshake_deadline = None
+        if self.engine.state is not State.DISCONNECTED:
+            self._handle(self.engine.connection_lost())
+        was = self._connected
+        if report and was:
+            self._report_state(False, reason)
+        self._connected = False
+
+    def _lost(self, reason: str, exc: BaseException | None = None) -> None:
+        """The live connection is gone."""
+        if self._sock is None:
+            return
+        self._close_socket(reason, report=True)
+        if self.reconnect.enabled and self._want_connected:
+            self._schedule_retry()
+        else:
+            self._want_connected = False
+            self._fail_pending(ConnectionDroppedError(f"connection lost: {reason}"))
+
+    def _fail_attempt(self, error: ClientError, cause: BaseException | None = None) -> None:
+        """A connection attempt failed before CONNACK 0.  The first connect()
+        reports it to the caller; a reconnection retries (policy permitting)."""
+        if cause is not None and error.__cause__ is None:
+            error.__cause__ = cause
+        self._close_socket(str(error), report=False)
+        if self._connect_future is not None and not self._connect_future.done():
+            self._connect_future.set_exception(error)
+        if self.reconnect.enabled and self._want_connected and self._ever_connected:
+            self._report_error(error)
+            self._schedule_retry()
+            return
+        self._want_connected = False
+        self._fail_pending(error)
+
+    def _schedule_retry(self) -> None:
+        delay = self.reconnect.delay(self._attempt + 1, self._rng)
+        self._retry_at = time.monotonic() + delay
+
+    def _fail_pending(self, error: BaseException) -> None:
+        """Give up: every waiting operation gets ``error`` and the session is
+        dropped (a later connect() starts afresh)."""
+        for fut in [*self._publishes.values(), *self._qos0, *self._requests.values()]:
+            if not fut.done():
+                fut.set_exception(error)
+        self._publishes.clear()
+        self._qos0.clear()
+        self._requests.clear()
+        self.engine = ClientConnection(**self._engine_options)
+        self._ever_connected = False
+
+
+class _Stop(Exception):
+    """Ends the I/O loop (shutdown)."""
+
+
+def _copy(src: Future[None], dst: Future[None]) -> None:
+    exc = src.exception()
+    if exc is not None:
+        dst.set_exception(exc)
+    else:
+        dst.set_result(None)
