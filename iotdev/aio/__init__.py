@@ -1,0 +1,7 @@
+"""asyncio front-ends of iotdev (no threads)."""
+
+from __future__ import annotations
+
+from ._mqtt import MQTTClient
+
+__all__ = ["MQTTClient"]
