@@ -6,7 +6,7 @@ PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed
 FUZZ_SECONDS ?= 20
 
-.PHONY: all test lint typecheck fuzz fuzz-long pytest bench demo mosquitto clean
+.PHONY: all test lint typecheck fuzz fuzz-long pytest bench demo mosquitto proxies clean
 
 all: test
 
@@ -33,6 +33,32 @@ mosquitto:
 	  echo "warning: mosquitto is not installed and we are not root; interop tests will skip (fail with CI=true)"; \
 	fi
 
+# Debian's tinyproxy (HTTP CONNECT) and dante-server (danted: SOCKS4/5) for the
+# proxy tests, installed with apt when missing and we are root.  The tests run
+# their own instances on free loopback ports with throwaway configs, so the
+# packages' system services must not start: when no policy-rc.d exists, one that
+# refuses every start (exit 101) is in place for the install only.  Without root
+# it only warns here: the tests then skip, or fail when CI=true.
+proxies:
+	@missing=""; \
+	if ! command -v tinyproxy >/dev/null 2>&1 && [ ! -x /usr/bin/tinyproxy ] \
+	  && [ ! -x /usr/sbin/tinyproxy ]; then missing=" tinyproxy"; fi; \
+	if ! command -v danted >/dev/null 2>&1 && [ ! -x /usr/sbin/danted ]; then \
+	  missing="$$missing dante-server"; fi; \
+	if [ -z "$$missing" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing$$missing with apt-get (system services kept stopped)"; \
+	  (apt-get update -q >/dev/null || true); \
+	  policy=/usr/sbin/policy-rc.d; made=""; \
+	  if [ ! -e $$policy ]; then \
+	    printf '#!/bin/sh\nexit 101\n' >$$policy && chmod 755 $$policy && made=1; fi; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; rc=$$?; \
+	  if [ -n "$$made" ]; then rm -f $$policy; fi; \
+	  exit $$rc; \
+	else \
+	  echo "warning:$$missing not installed and we are not root; proxy tests will skip (fail with CI=true)"; \
+	fi
+
 lint: $(STAMP)
 	$(BIN)/ruff check iotdev iotdev_mqtt tests fuzz bench
 
@@ -45,10 +71,10 @@ fuzz: $(STAMP)
 fuzz-long: $(STAMP)
 	$(PY) -m fuzz --seconds 600
 
-pytest: $(STAMP) mosquitto
+pytest: $(STAMP) mosquitto proxies
 	$(BIN)/pytest -q
 
-test: $(STAMP) mosquitto lint typecheck fuzz pytest
+test: $(STAMP) mosquitto proxies lint typecheck fuzz pytest
 
 bench: $(STAMP) mosquitto
 	$(PY) -m bench

@@ -116,6 +116,7 @@ class ThreadDriver:
         self._sock: socket.socket | None = None
         self._stack: Stack | None = None
         self._pending_out = b""
+        self._mask = selectors.EVENT_READ
         self._handshake_deadline: float | None = None
         self._retry_at: float | None = None
         self._attempt = 0
@@ -342,8 +343,7 @@ class ThreadDriver:
         for key, mask in ready:
             if key.fileobj is self._wake_r:
                 try:
-                    while self._wake_r.recv(4096):
-                        pass
+                    self._wake_r.recv(65536)  # one read; more bytes just wake us again
                 except (BlockingIOError, OSError):
                     pass
             elif mask & selectors.EVENT_READ:
@@ -379,6 +379,7 @@ class ThreadDriver:
         sock.setblocking(False)
         self._sock = sock
         self._selector.register(sock, selectors.EVENT_READ)
+        self._mask = selectors.EVENT_READ
         self._handshake_deadline = time.monotonic() + endpoint.connect_timeout
         self._stack = endpoint.stack()
         try:
@@ -465,7 +466,9 @@ class ThreadDriver:
                 return
             self._pending_out = data[sent:]
             mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._pending_out else 0)
-            self._selector.modify(sock, mask)
+            if mask != self._mask:  # epoll_ctl only when the interest changes
+                self._mask = mask
+                self._selector.modify(sock, mask)
         if self._qos0 and not self._pending_out:
             for fut in self._qos0:
                 fut.set_result(None)
