@@ -22,7 +22,10 @@ or peer package is missing raises ``harness.Skip`` from its ``setup``.
 from __future__ import annotations
 
 # Display order of the figures; registered figures not listed here come after.
-FIGURE_ORDER: tuple[str, ...] = ("codec", "engine-pair", "engine-pair-sync")
+FIGURE_ORDER: tuple[str, ...] = (
+    "codec", "engine-pair", "engine-pair-sync", "tls-sync-1by1", "tls-pipelined-sync",
+    "tls-pipelined-asyncio",
+)
 
 # Figures that are planned but may not exist yet: ``--only NAME`` on one of
 # them explains where it will live instead of saying "unknown figure".

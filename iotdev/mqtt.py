@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future
 from types import TracebackType
 from typing import Any
 
@@ -22,7 +21,7 @@ from iotdev_mqtt import MessageReceived, Will, topic_matches
 from ._errors import OperationTimeout
 from .transport._endpoint import Endpoint, TransportName
 from .transport._options import ConnectOptions, Credentials, ReconnectPolicy
-from .transport._thread import ThreadDriver
+from .transport._thread import Completion, ThreadDriver
 from .transport._tls import X509, make_client_context
 
 __all__ = ["MQTTClient", "default_port", "tls_context_for"]
@@ -51,7 +50,7 @@ def tls_context_for(
                                cipher=cipher, x509=x509)
 
 
-def _wait(fut: Future[Any], timeout: float | None, what: str) -> Any:
+def _wait(fut: Completion, timeout: float | None, what: str) -> Any:
     try:
         return fut.result(timeout)
     except TimeoutError:
@@ -169,7 +168,7 @@ class MQTTClient:
         _wait(self._driver.connect(), timeout, "connect")
 
     def publish(self, topic: str, payload: bytes | str = b"", qos: int = 0,
-                retain: bool = False) -> Future[None]:
+                retain: bool = False) -> Completion:
         """Publish; returns a future that completes on PUBACK (QoS 1), PUBCOMP
         (QoS 2) or once written (QoS 0).  Call ``.result(timeout)`` to wait.
 

@@ -5,7 +5,7 @@ Theory of operation
 -------------------
 Callers never touch the engine.  A call (``publish()``, ``subscribe()`` ...)
 appends a command to a deque, writes one byte to a wake-up socket pair and
-returns a ``concurrent.futures.Future``.  The I/O thread sleeps in
+returns a ``Completion`` (a small future).  The I/O thread sleeps in
 ``selectors`` on the server socket and the wake-up socket, with a timeout from
 the engine's ``next_deadline()`` (keep-alive), the handshake deadline or the
 reconnect time.  Each turn it reads what arrived, feeds the stack and the
@@ -36,7 +36,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any
 
 from iotdev_mqtt import (
@@ -66,11 +65,83 @@ from ._endpoint import Endpoint, map_connect_error
 from ._layer import Stack
 from ._options import ConnectOptions, ReconnectPolicy, connack_error
 
-__all__ = ["ThreadDriver"]
+__all__ = ["Completion", "ThreadDriver"]
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Any], None]
+
+
+class Completion:
+    """The outcome of one operation, set by the I/O thread and awaited by
+    callers: the part of ``concurrent.futures.Future`` that matters here
+    (``result``, ``exception``, ``done``, ``add_done_callback``), built on one
+    pre-acquired lock, which is the cheapest wake-up a thread can wait on."""
+
+    __slots__ = ("_callbacks", "_done", "_exc", "_lock", "_result")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._done = False
+        self._result: Any = None
+        self._exc: BaseException | None = None
+        self._callbacks: list[Callable[[Completion], None]] | None = None
+
+    def done(self) -> bool:
+        return self._done
+
+    def cancel(self) -> bool:
+        """Operations cannot be withdrawn once submitted."""
+        return False
+
+    def _wait(self, timeout: float | None) -> None:
+        if not self._done:
+            if not self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+                raise TimeoutError
+            self._lock.release()  # let any other waiter through
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the outcome; raise the operation's error, or
+        ``TimeoutError`` when ``timeout`` passes first."""
+        self._wait(timeout)
+        if self._exc is not None:
+            raise self._exc
+        return self._result
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._wait(timeout)
+        return self._exc
+
+    def add_done_callback(self, fn: Callable[[Completion], None]) -> None:
+        """Call ``fn(self)`` when done (at once if it is; otherwise on the I/O
+        thread, so keep it short)."""
+        if self._done:
+            fn(self)
+        else:
+            if self._callbacks is None:
+                self._callbacks = []
+            self._callbacks.append(fn)
+
+    def _finish(self) -> None:
+        self._done = True
+        self._lock.release()
+        if self._callbacks:
+            for fn in self._callbacks:
+                try:
+                    fn(self)
+                except Exception:
+                    log.exception("done callback raised")
+
+    def set_result(self, value: Any) -> None:
+        if not self._done:
+            self._result = value
+            self._finish()
+
+    def set_exception(self, exc: BaseException) -> None:
+        if not self._done:
+            self._exc = exc
+            self._finish()
 
 
 class ThreadDriver:
@@ -121,10 +192,10 @@ class ThreadDriver:
         self._retry_at: float | None = None
         self._attempt = 0
         self._want_connected = False
-        self._connect_future: Future[None] | None = None
-        self._publishes: dict[int, Future[None]] = {}
-        self._qos0: list[Future[None]] = []
-        self._requests: dict[int, Future[Any]] = {}
+        self._connect_future: Completion | None = None
+        self._publishes: dict[int, Completion] = {}
+        self._qos0: list[Completion] = []
+        self._requests: dict[int, Completion] = {}
         self._stopping = False
         self._connected = False
         self._ever_connected = False
@@ -149,32 +220,32 @@ class ThreadDriver:
         except (BlockingIOError, OSError):
             pass  # the wake-up buffer is full: the I/O thread is awake anyway
 
-    def connect(self) -> Future[None]:
+    def connect(self) -> Completion:
         """Connect (or wait for the connection in progress)."""
-        fut: Future[None] = Future()
+        fut = Completion()
         self._submit(lambda: self._cmd_connect(fut))
         return fut
 
-    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> Future[None]:
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> Completion:
         """Queue a publish; the future resolves on PUBACK/PUBCOMP (QoS 0: once
         written)."""
-        fut: Future[None] = Future()
+        fut = Completion()
         self._submit(lambda: self._cmd_publish(fut, topic, payload, qos, retain))
         return fut
 
-    def subscribe(self, subscriptions: list[tuple[str, int]]) -> Future[tuple[int, ...]]:
-        fut: Future[tuple[int, ...]] = Future()
+    def subscribe(self, subscriptions: list[tuple[str, int]]) -> Completion:
+        fut = Completion()
         self._submit(lambda: self._cmd_request(fut, "subscribe", subscriptions))
         return fut
 
-    def unsubscribe(self, topic_filters: list[str]) -> Future[None]:
-        fut: Future[None] = Future()
+    def unsubscribe(self, topic_filters: list[str]) -> Completion:
+        fut = Completion()
         self._submit(lambda: self._cmd_request(fut, "unsubscribe", topic_filters))
         return fut
 
-    def disconnect(self) -> Future[None]:
+    def disconnect(self) -> Completion:
         """Send DISCONNECT, close, and stop reconnecting."""
-        fut: Future[None] = Future()
+        fut = Completion()
         self._submit(lambda: self._cmd_disconnect(fut))
         return fut
 
@@ -229,7 +300,7 @@ class ThreadDriver:
 
     # --------------------------------------------------------------- commands
 
-    def _cmd_connect(self, fut: Future[None]) -> None:
+    def _cmd_connect(self, fut: Completion) -> None:
         self._want_connected = True
         if self.engine.state is State.CONNECTED:
             fut.set_result(None)
@@ -242,10 +313,8 @@ class ThreadDriver:
             self._attempt = 0
             self._retry_at = time.monotonic()
 
-    def _cmd_publish(self, fut: Future[None], topic: str, payload: bytes, qos: int,
+    def _cmd_publish(self, fut: Completion, topic: str, payload: bytes, qos: int,
                      retain: bool) -> None:
-        if not fut.set_running_or_notify_cancel():
-            return
         try:
             token = self.engine.publish(topic, payload, qos, retain, now=time.monotonic())
         except ProtocolError as exc:
@@ -256,9 +325,7 @@ class ThreadDriver:
         else:
             self._publishes[token] = fut
 
-    def _cmd_request(self, fut: Future[Any], kind: str, arg: Any) -> None:
-        if not fut.set_running_or_notify_cancel():
-            return
+    def _cmd_request(self, fut: Completion, kind: str, arg: Any) -> None:
         if self.engine.state is not State.CONNECTED:
             fut.set_exception(ConnectionDroppedError(f"cannot {kind}: not connected"))
             return
@@ -272,7 +339,7 @@ class ThreadDriver:
             return
         self._requests[pid] = fut
 
-    def _cmd_disconnect(self, fut: Future[None]) -> None:
+    def _cmd_disconnect(self, fut: Completion) -> None:
         self._want_connected = False
         self._retry_at = None
         self._goodbye()
@@ -589,7 +656,7 @@ class _Stop(Exception):
     """Ends the I/O loop (shutdown)."""
 
 
-def _copy(src: Future[None], dst: Future[None]) -> None:
+def _copy(src: Completion, dst: Completion) -> None:
     exc = src.exception()
     if exc is not None:
         dst.set_exception(exc)

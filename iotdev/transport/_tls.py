@@ -145,8 +145,11 @@ class TLSLayer(Layer):
                     raise ConnectionDroppedError(
                         f"TLS: {self._host} closed the connection during the handshake")
                 return b""
-        chunks = []
+        chunks: list[bytes] = []
+        incoming = self._incoming
         while True:
+            if chunks and not incoming.pending and not self._ssl.pending():
+                break  # all received bytes are decrypted: skip the SSLWantReadError
             try:
                 chunk = self._ssl.read(65536)
             except ssl.SSLWantReadError:
