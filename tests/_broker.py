@@ -225,6 +225,29 @@ class CertAuthority:
         self.server_cert_pem = server.cert_pem
         self.server_key_pem = server.key_pem
 
+    def issue_server_cert(
+        self,
+        common_name: str = "localhost",
+        *,
+        dns_names: tuple[str, ...] = ("localhost",),
+        ips: tuple[str, ...] = ("127.0.0.1",),
+        file_stem: str | None = None,
+        expired: bool = False,
+    ) -> IssuedCert:
+        """Another server certificate from this CA (``expired=True``: valid for
+        one hour, two days ago)."""
+        sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
+        sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+        stem = file_stem or f"server-{re.sub(r'[^A-Za-z0-9_.-]', '_', common_name)}" + (
+            "-expired" if expired else "")
+        window: dict[str, datetime.datetime] = {}
+        if expired:
+            window = {"not_before": self._now - datetime.timedelta(days=2),
+                      "not_after": self._now - datetime.timedelta(days=2) +
+                      datetime.timedelta(hours=1)}
+        return self._issue(common_name, stem, sans=sans,
+                           usage=ExtendedKeyUsageOID.SERVER_AUTH, **window)  # type: ignore[arg-type]
+
     def issue_client_cert(
         self, common_name: str, *, file_stem: str | None = None, self_signed: bool = False
     ) -> IssuedCert:
@@ -251,6 +274,8 @@ class CertAuthority:
         sans: list[x509.GeneralName] | None,
         usage: x509.ObjectIdentifier,
         self_signed: bool = False,
+        not_before: datetime.datetime | None = None,
+        not_after: datetime.datetime | None = None,
     ) -> IssuedCert:
         key = ec.generate_private_key(ec.SECP256R1())
         public = key.public_key()
@@ -261,8 +286,8 @@ class CertAuthority:
             .issuer_name(subject if self_signed else self._subject)
             .public_key(public)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(self._now - datetime.timedelta(hours=1))
-            .not_valid_after(self._now + datetime.timedelta(days=7))
+            .not_valid_before(not_before or self._now - datetime.timedelta(hours=1))
+            .not_valid_after(not_after or self._now + datetime.timedelta(days=7))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(

@@ -177,3 +177,18 @@ def test_disconnect_cancels_waiting_publish() -> None:
         asyncio.run(main())
     finally:
         listener.close()
+
+
+@pytest.mark.mosquitto
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_websocket_transport(mosquitto: Mosquitto, test_ca: CertAuthority, qos: int) -> None:
+    async def main() -> list[MessageReceived]:
+        topic = unique_name("iotdev/aio/ws")
+        async with _client(mosquitto, test_ca, "websockets") as client:
+            stream = client.messages()
+            await client.subscribe(topic, qos, timeout=TIMEOUT)
+            await asyncio.wait_for(client.publish(topic, b"over websocket", qos), TIMEOUT)
+            return [await asyncio.wait_for(anext(stream), TIMEOUT)]
+
+    got = asyncio.run(main())
+    assert [(m.payload, m.qos) for m in got] == [(b"over websocket", qos)]

@@ -202,3 +202,22 @@ def test_shutdown_cancels_waiting_operations() -> None:
             connecting.result(TIMEOUT)
     finally:
         listener.close()
+
+
+@pytest.mark.mosquitto
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_websocket_transport(mosquitto: Mosquitto, test_ca: CertAuthority, qos: int) -> None:
+    got: list[MessageReceived] = []
+    arrived = threading.Event()
+    topic = unique_name("iotdev/sync/ws")
+    client = _client(mosquitto, test_ca, "websockets",
+                     on_message=lambda m: (got.append(m), arrived.set()))
+    try:
+        client.connect(timeout=TIMEOUT)
+        client.subscribe(topic, qos, timeout=TIMEOUT)
+        client.publish(topic, b"over websocket", qos).result(TIMEOUT)
+        assert arrived.wait(TIMEOUT)
+        client.disconnect()
+    finally:
+        client.shutdown()
+    assert [(m.payload, m.qos) for m in got] == [(b"over websocket", qos)]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -27,7 +27,7 @@ from ..transport._endpoint import Endpoint, TransportName
 from ..transport._options import ConnectOptions, Credentials, ReconnectPolicy
 from ..transport._tls import X509
 
-__all__ = ["MQTTClient"]
+__all__ = ["MQTTClient", "MessageStream"]
 
 Handler = Callable[[MessageReceived], Any]
 
@@ -137,16 +137,11 @@ class MQTTClient:
         self._subscriptions = [(f, cb) for f, cb in self._subscriptions if f not in filters]
         await _bounded(self._driver.unsubscribe(filters), timeout, "unsubscribe")
 
-    async def messages(self) -> AsyncIterator[MessageReceived]:
-        """Every message received from now on, in order (until the iterator is
-        closed)."""
-        queue: asyncio.Queue[MessageReceived] = asyncio.Queue()
-        self._queues.append(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._queues.remove(queue)
+    def messages(self) -> MessageStream:
+        """Every message received from this call on, in order: ``async for m in
+        client.messages()``.  The stream starts collecting at once (not at the
+        first iteration); ``aclose()`` it, or leave the ``async for``, to stop."""
+        return MessageStream(self._queues)
 
     async def disconnect(self) -> None:
         await self._driver.disconnect()
@@ -161,6 +156,29 @@ class MQTTClient:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.shutdown()
+
+
+class MessageStream:
+    """An async iterator over received messages (see ``MQTTClient.messages``)."""
+
+    def __init__(self, queues: list[asyncio.Queue[MessageReceived]]) -> None:
+        self._queues = queues
+        self._queue: asyncio.Queue[MessageReceived] = asyncio.Queue()
+        queues.append(self._queue)
+        self._closed = False
+
+    def __aiter__(self) -> MessageStream:
+        return self
+
+    async def __anext__(self) -> MessageReceived:
+        if self._closed:
+            raise StopAsyncIteration
+        return await self._queue.get()
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queues.remove(self._queue)
 
 
 async def _bounded(awaitable: Any, timeout: float | None, what: str) -> Any:

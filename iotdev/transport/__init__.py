@@ -5,5 +5,14 @@ from __future__ import annotations
 
 from ._layer import Layer, Stack
 from ._tls import X509, TLSLayer, make_client_context
+from ._ws import WebSocketLayer, WebSocketServerLayer
 
-__all__ = ["X509", "Layer", "Stack", "TLSLayer", "make_client_context"]
+__all__ = [
+    "X509",
+    "Layer",
+    "Stack",
+    "TLSLayer",
+    "WebSocketLayer",
+    "WebSocketServerLayer",
+    "make_client_context",
+]

@@ -45,6 +45,7 @@ from iotdev_mqtt import (
 from .._errors import (
     ClientError,
     ConnectionDroppedError,
+    ConnectionFailedError,
     ConnectTimeoutError,
     CredentialError,
     OperationCancelled,
@@ -453,7 +454,12 @@ class AsyncDriver:
         self._connected = False
 
     def _lost(self, reason: str) -> None:
+        """The connection is gone (before CONNACK 0 this fails the attempt)."""
         if self._proto is None:
+            return
+        if not self._connected:
+            self._fail_attempt(ConnectionFailedError(
+                f"{self.endpoint.describe()}: {reason} (while connecting)"))
             return
         self._close(reason, report=True)
         if self.reconnect.enabled and self._want_connected and not self._stopped:
@@ -463,6 +469,10 @@ class AsyncDriver:
             self._fail_pending(ConnectionDroppedError(f"connection lost: {reason}"))
 
     def _fail_attempt(self, error: ClientError) -> None:
+        if isinstance(error, ConnectionDroppedError):  # dropped before CONNACK: a failure
+            failed = ConnectionFailedError(str(error))
+            failed.__cause__ = error
+            error = failed
         self._close(str(error), report=False)
         done = self._attempt_done
         if done is not None and not done.done():

@@ -142,8 +142,14 @@ class Stack:
         raw.clear()
         return out
 
+    def flush(self) -> None:
+        """Move bytes that layers queued on their own (a WebSocket ping or
+        close) down to ``data_to_send()``."""
+        self._flush()
+
     def close(self) -> None:
-        """Clean close, top layer first."""
+        """Clean close, top layer first; each layer's goodbye (WebSocket close
+        frame) is carried by the layers below before they close in turn."""
         for layer in reversed(self.layers):
             layer.close()
-        self._flush()
+            self._flush()

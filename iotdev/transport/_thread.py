@@ -57,6 +57,7 @@ from iotdev_mqtt import (
 from .._errors import (
     ClientError,
     ConnectionDroppedError,
+    ConnectionFailedError,
     ConnectTimeoutError,
     CredentialError,
     OperationCancelled,
@@ -610,8 +611,13 @@ class ThreadDriver:
         self._connected = False
 
     def _lost(self, reason: str, exc: BaseException | None = None) -> None:
-        """The live connection is gone."""
+        """The connection is gone (before CONNACK 0 this fails the attempt)."""
         if self._sock is None:
+            return
+        if not self._connected:
+            error = exc if isinstance(exc, ClientError) else ConnectionDroppedError(
+                f"{self.endpoint.describe()}: {reason} (while connecting)")
+            self._fail_attempt(error, exc if exc is not error else None)
             return
         self._close_socket(reason, report=True)
         if self.reconnect.enabled and self._want_connected:
@@ -625,6 +631,10 @@ class ThreadDriver:
         reports it to the caller; a reconnection retries (policy permitting)."""
         if cause is not None and error.__cause__ is None:
             error.__cause__ = cause
+        if isinstance(error, ConnectionDroppedError):  # dropped before CONNACK: a failure
+            failed = ConnectionFailedError(str(error))
+            failed.__cause__ = error
+            error = failed
         self._close_socket(str(error), report=False)
         if self._connect_future is not None and not self._connect_future.done():
             self._connect_future.set_exception(error)
