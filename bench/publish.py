@@ -71,7 +71,7 @@ def _ours_sync(broker: Any, session: Session, window: int) -> Any:
 
 def _paho(broker: Any, session: Session, window: int) -> Any:
     try:
-        import paho.mqtt.client as mqtt
+        import paho.mqtt.client as mqtt  # type: ignore[import-untyped]
     except ImportError as exc:
         raise Skip("paho-mqtt is not installed") from exc
     client = mqtt.Client(client_id=f"bench-paho-{window}")
