@@ -24,7 +24,7 @@ from __future__ import annotations
 # Display order of the figures; registered figures not listed here come after.
 FIGURE_ORDER: tuple[str, ...] = (
     "codec", "engine-pair", "engine-pair-sync", "tls-sync-1by1", "tls-pipelined-sync",
-    "tls-pipelined-asyncio",
+    "tls-pipelined-asyncio", "wss-pipelined-asyncio",
 )
 
 # Figures that are planned but may not exist yet: ``--only NAME`` on one of

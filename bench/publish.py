@@ -11,6 +11,8 @@ made at run time), ours against paho-mqtt 1.6 and the C client ``mosquitto_pub``
   ceiling.
 * ``tls-pipelined-asyncio``: ours ``iotdev.aio.MQTTClient`` with every publish
   awaited through ``asyncio.gather`` (1,000 in flight) against the same peers.
+* ``wss-pipelined-asyncio``: the same over MQTT-over-WebSocket-over-TLS, against
+  paho-mqtt's websockets transport.
 
 Every client keeps one connection across rounds; the broker is the same for all.
 """
@@ -69,16 +71,19 @@ def _ours_sync(broker: Any, session: Session, window: int) -> Any:
     return client
 
 
-def _paho(broker: Any, session: Session, window: int) -> Any:
+def _paho(broker: Any, session: Session, window: int, *, websockets: bool = False) -> Any:
     try:
         import paho.mqtt.client as mqtt  # type: ignore[import-untyped]
     except ImportError as exc:
         raise Skip("paho-mqtt is not installed") from exc
-    client = mqtt.Client(client_id=f"bench-paho-{window}")
+    client = mqtt.Client(client_id=f"bench-paho-{window}-{websockets}",
+                         transport="websockets" if websockets else "tcp")
+    if websockets:
+        client.ws_set_options(path="/mqtt")
     client.max_inflight_messages_set(window)
     client.max_queued_messages_set(0)
     client.tls_set(ca_certs=str(broker.ca.ca_cert))
-    client.connect("localhost", broker.tls_port)
+    client.connect("localhost", broker.ws_port if websockets else broker.tls_port)
     client.loop_start()
     session.stack.callback(client.disconnect)
     session.stack.callback(client.loop_stop)
@@ -150,12 +155,14 @@ def _setup_pipelined_sync(session: Session) -> list[Contestant]:
     ]
 
 
-def _setup_pipelined_asyncio(session: Session) -> list[Contestant]:
+def _setup_pipelined_asyncio(session: Session, websockets: bool = False) -> list[Contestant]:
     from iotdev.aio import MQTTClient
 
     broker = _Broker.get(session)
     loop = asyncio.new_event_loop()
-    client = MQTTClient("localhost", broker.tls_port, client_id="bench-aio", transport="tls",
+    client = MQTTClient("localhost", broker.ws_port if websockets else broker.tls_port,
+                        client_id=f"bench-aio-{websockets}",
+                        transport="websockets" if websockets else "tls",
                         server_verification_cert=broker.ca.ca_cert_pem, max_inflight=1000)
     loop.run_until_complete(client.connect(timeout=10))
     session.stack.callback(loop.close)
@@ -168,11 +175,21 @@ def _setup_pipelined_asyncio(session: Session) -> list[Contestant]:
         loop.run_until_complete(burst(work))
         return work
 
+    if websockets:
+        return [
+            Contestant("iotdev asyncio", run_ours, ours=True),
+            Contestant("paho-mqtt", _paho_pipelined(_paho(broker, session, 100,
+                                                          websockets=True))),
+        ]
     return [
         Contestant("iotdev asyncio", run_ours, ours=True),
         Contestant("paho-mqtt", _paho_pipelined(_paho(broker, session, 100))),
         Contestant("mosquitto_pub -l", _mosquitto_pub(broker)),
     ]
+
+
+def _setup_ws_pipelined_asyncio(session: Session) -> list[Contestant]:
+    return _setup_pipelined_asyncio(session, websockets=True)
 
 
 for _name, _title, _setup, _work in (
@@ -182,6 +199,8 @@ for _name, _title, _setup, _work in (
      _setup_pipelined_sync, 10000),
     ("tls-pipelined-asyncio", "QoS 1 publish over TLS, 1,000 concurrent awaits, asyncio client",
      _setup_pipelined_asyncio, 10000),
+    ("wss-pipelined-asyncio", "QoS 1 publish over TLS WebSocket, 1,000 concurrent awaits, "
+     "asyncio client", _setup_ws_pipelined_asyncio, 5000),
 ):
     register(Figure(name=_name, title=_title, unit="msgs/s", setup=_setup, work=_work,
                     quick_work=200, description=__doc__ or ""))
