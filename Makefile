@@ -34,7 +34,8 @@ mosquitto:
 	fi
 
 # Debian's tinyproxy (HTTP CONNECT) and dante-server (danted: SOCKS4/5) for the
-# proxy tests, installed with apt when missing and we are root.  The tests run
+# proxy tests (and openssl, which hashes the throwaway SOCKS5 account's
+# password), installed with apt when missing and we are root.  The tests run
 # their own instances on free loopback ports with throwaway configs, so the
 # packages' system services must not start: when no policy-rc.d exists, one that
 # refuses every start (exit 101) is in place for the install only.  Without root
@@ -45,6 +46,7 @@ proxies:
 	  && [ ! -x /usr/sbin/tinyproxy ]; then missing=" tinyproxy"; fi; \
 	if ! command -v danted >/dev/null 2>&1 && [ ! -x /usr/sbin/danted ]; then \
 	  missing="$$missing dante-server"; fi; \
+	if ! command -v openssl >/dev/null 2>&1; then missing="$$missing openssl"; fi; \
 	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  echo "installing$$missing with apt-get (system services kept stopped)"; \

@@ -221,3 +221,68 @@ def test_websocket_transport(mosquitto: Mosquitto, test_ca: CertAuthority, qos: 
     finally:
         client.shutdown()
     assert [(m.payload, m.qos) for m in got] == [(b"over websocket", qos)]
+
+
+@pytest.mark.mosquitto
+def test_blocked_handler_does_not_stall_keep_alive(
+    mosquitto: Mosquitto, test_ca: CertAuthority
+) -> None:
+    """keep_alive=1: mosquitto drops a client silent for 1.5 s.  A handler that
+    blocks for 3 s must not stop the I/O thread's PINGREQs."""
+    release = threading.Event()
+    entered = threading.Event()
+    states: list[bool] = []
+
+    def slow(_: MessageReceived) -> None:
+        entered.set()
+        release.wait(3.0)  # the handler under test blocks; nothing waits on this timing
+
+    topic = unique_name("iotdev/sync/slow")
+    client = _client(mosquitto, test_ca, "tcp", keep_alive=1, on_message=slow,
+                     on_connection_state_change=lambda c, r: states.append(c))
+    try:
+        client.connect(timeout=TIMEOUT)
+        client.subscribe(topic, 0, timeout=TIMEOUT)
+        client.publish(topic, b"block", 0).result(TIMEOUT)
+        assert entered.wait(TIMEOUT)
+        # While the handler blocks, round trips still work and nothing dropped.
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            client.publish(unique_name("t"), b"x", 1).result(TIMEOUT)
+            release.wait(0.5)
+        assert client.connected
+        assert False not in states
+        log = mosquitto.log_text()
+        assert f"Client {client._driver.options.client_id} has exceeded timeout" not in log
+    finally:
+        release.set()
+        client.shutdown()
+
+
+@pytest.mark.mosquitto
+def test_credentials_callable_runs_before_every_attempt(
+    mosquitto_factory: Any, test_ca: CertAuthority
+) -> None:
+    from iotdev.transport._options import Credentials
+
+    broker = mosquitto_factory()
+    calls: list[float] = []
+    back = threading.Event()
+
+    def fresh() -> Credentials:
+        calls.append(time.monotonic())
+        return Credentials("user", b"token-%d" % len(calls))
+
+    client = MQTTClient(broker.host, broker.tcp_port, client_id=unique_name("cred"),
+                        credentials=fresh, retry_interval=0.2,
+                        on_connection_state_change=lambda c, r: c and len(calls) > 1
+                        and back.set())
+    try:
+        client.connect(timeout=TIMEOUT)
+        assert len(calls) == 1
+        broker.restart()
+        assert back.wait(TIMEOUT)
+        assert len(calls) >= 2
+        assert "token-" not in broker.log_text()  # never logged by the broker either
+    finally:
+        client.shutdown()

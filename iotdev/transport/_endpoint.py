@@ -64,7 +64,7 @@ class Endpoint:
     def dial_address(self) -> tuple[str, int]:
         """The TCP peer: the proxy when there is one, else the server."""
         if self.proxy is not None:
-            return (self.proxy.proxy_addr, self.proxy.proxy_port)
+            return (self.proxy.proxy_address, self.proxy.proxy_port)
         return (self.host, self.port)
 
     def describe(self) -> str:
@@ -73,7 +73,7 @@ class Endpoint:
         if self.transport == "websockets":
             where += self.ws_path
         if self.proxy is not None:
-            where += f" via {self.proxy.proxy_type} proxy {self.proxy.proxy_addr}:" \
+            where += f" via {self.proxy.proxy_type} proxy {self.proxy.proxy_address}:" \
                      f"{self.proxy.proxy_port}"
         return where
 

@@ -391,8 +391,20 @@ class ThreadDriver:
                 self._turn()
         except _Stop:
             pass
-        except BaseException as exc:  # pragma: no cover - a bug: never die silently
+        except BaseException as exc:  # a bug: never die silently, never leave waiters
             log.exception("the I/O thread failed")
+            self._stopping = True
+            error = ClientError(f"the I/O thread failed: {exc!r}")
+            error.__cause__ = exc
+            waiting = [*self._publishes.values(), *self._qos0, *self._requests.values()]
+            if self._connect_future is not None:
+                waiting.append(self._connect_future)
+            for fut in waiting:
+                fut.set_exception(error)
+            while self._commands:  # commands that can no longer run
+                self._commands.popleft()
+            if self._sock is not None:
+                self._sock.close()
             self._report_error(exc)
         finally:
             self._selector.close()
