@@ -82,11 +82,7 @@ bench: $(STAMP) mosquitto
 	$(PY) -m bench
 
 demo: $(STAMP)
-	@echo "make demo: not yet. The local IoT Hub emulator and the device client land in"
-	@echo "the next steps; until then, try the codec example in README.md:"
-	$(PY) -c "from iotdev_mqtt import Publish, PacketReader, encode; \
-	data = encode(Publish('devices/dev1/messages/events/', b'hello', qos=1, packet_id=1)); \
-	print(data.hex(' ')); print(PacketReader('client').feed(data))"
+	$(PY) -m iotdev.emulator demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,673 @@
+"""Credentials of an IoT Hub device: connection strings, SAS tokens, MQTT user names.
+
+Pure functions over strings (reference sections 1.2, 1.3, 2 and 3): no clock,
+no sockets, no logging.  Time enters as an argument (``expiry``, ``now``).
+
+Secrets never leave this module in an error message or a ``repr``: the shared
+access key and a connection string's ``SharedAccessSignature`` are hidden by
+``ConnectionString.__repr__``, and no exception text contains a key, a value of
+a connection string or a token's signature.
+
+Compatibility with azure-iot-device v2 (2.14):
+
+* ``generate_sas_token`` is byte-exact with v2 (field order ``sr``, ``sig``,
+  ``se``[, ``skn``]; ``sr`` and ``sig`` quoted with ``quote(..., safe="")``,
+  ``skn`` as given).  Keys are decoded like v2: non-validating base64 (characters
+  outside the alphabet are dropped), bad padding raises
+  ``ValueError("Invalid Symmetric Key")``.
+* ``ConnectionString.parse`` applies v2's rules and messages; it is stricter
+  in one place: a hub-level string without ``DeviceId`` raises ``ValueError``
+  (v2's factory raised a bare ``KeyError('DeviceId')``).
+* ``parse_sas_token`` accepts what v2 accepts except: text before
+  ``SharedAccessSignature``, duplicated fields, empty values and an ``se`` that
+  is not plain ASCII digits are rejected (v2 took the last duplicate and let
+  ``int()`` accept ``" +12"`` or ``"1_0"``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+from urllib.parse import quote, unquote, urlencode
+
+__all__ = [
+    "DIGITAL_TWIN_API_VERSION",
+    "DIGITAL_TWIN_PREFIX",
+    "IOTHUB_API_VERSION",
+    "SAS_PREFIX",
+    "ConnectionString",
+    "SasToken",
+    "SasTokenBadSignature",
+    "SasTokenError",
+    "SasTokenExpired",
+    "SasTokenMalformed",
+    "SasTokenWrongResource",
+    "build_username",
+    "decode_symmetric_key",
+    "default_user_agent",
+    "derive_device_key",
+    "device_resource_uri",
+    "generate_sas_token",
+    "make_client_id",
+    "parse_device_resource_uri",
+    "parse_sas_token",
+    "parse_username",
+    "verify_sas_token",
+]
+
+#: ``api-version`` of the MQTT user name (v2 ``constant.IOTHUB_API_VERSION``).
+IOTHUB_API_VERSION = "2019-10-01"
+#: ``api-version`` when the product info is a Plug and Play model id.
+DIGITAL_TWIN_API_VERSION = "2020-09-30"
+#: A product info starting with this is sent as ``model-id`` (v2 ``DIGITAL_TWIN_PREFIX``).
+DIGITAL_TWIN_PREFIX = "dtmi"
+#: The literal that starts every SAS token, including the trailing space.
+SAS_PREFIX = "SharedAccessSignature "
+
+_PRODUCT = "iotdev"
+
+
+# ---------------------------------------------------------------------------
+# Connection strings (reference section 3)
+# ---------------------------------------------------------------------------
+
+_HOST_NAME = "HostName"
+_SHARED_ACCESS_KEY_NAME = "SharedAccessKeyName"
+_SHARED_ACCESS_KEY = "SharedAccessKey"
+_SHARED_ACCESS_SIGNATURE = "SharedAccessSignature"
+_DEVICE_ID = "DeviceId"
+_MODULE_ID = "ModuleId"
+_GATEWAY_HOST_NAME = "GatewayHostName"
+_X509 = "x509"
+
+_VALID_KEYS = (
+    _HOST_NAME,
+    _SHARED_ACCESS_KEY_NAME,
+    _SHARED_ACCESS_KEY,
+    _SHARED_ACCESS_SIGNATURE,
+    _DEVICE_ID,
+    _MODULE_ID,
+    _GATEWAY_HOST_NAME,
+    _X509,
+)
+_KEYS_BY_FOLDED_NAME = {key.lower(): key for key in _VALID_KEYS}
+
+_UNABLE_TO_PARSE = "Invalid Connection String - Unable to parse"
+_INVALID_KEY = "Invalid Connection String - Invalid Key"
+_MIXED = "Invalid Connection String - Mixed authentication scheme"
+_INCOMPLETE = "Invalid Connection String - Incomplete"
+_NO_DEVICE_ID = (
+    "Invalid Connection String - Incomplete: no DeviceId (a hub-level connection string, "
+    "HostName + SharedAccessKeyName + SharedAccessKey, cannot identify a device)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionString:
+    """A parsed device or module connection string.
+
+    Empty optional values (``ModuleId=``) are ``None``, as v2 treats them (it
+    tests them for truth).  ``x509`` is ``True`` when the ``x509`` key is
+    present, whatever its value (v2 checks presence).
+
+    ``repr()`` and ``str()`` hide ``shared_access_key`` and
+    ``shared_access_signature``.
+
+    Attributes:
+        host_name: the hub's ``HostName`` (used in the user name and SAS URI).
+        device_id: ``DeviceId``.
+        shared_access_key: ``SharedAccessKey`` (base64 text) or ``None``.
+        module_id: ``ModuleId`` or ``None``.
+        gateway_host_name: ``GatewayHostName`` (the TCP/TLS destination) or ``None``.
+        shared_access_key_name: ``SharedAccessKeyName`` or ``None`` (v2 ignores it).
+        x509: ``True`` when the string says ``x509=...``.
+        shared_access_signature: ``SharedAccessSignature`` or ``None`` (v2 parses,
+            then ignores it).
+    """
+
+    host_name: str
+    device_id: str
+    shared_access_key: str | None = None
+    module_id: str | None = None
+    gateway_host_name: str | None = None
+    shared_access_key_name: str | None = None
+    x509: bool = False
+    shared_access_signature: str | None = None
+
+    def __repr__(self) -> str:
+        key = None if self.shared_access_key is None else "<hidden>"
+        sig = None if self.shared_access_signature is None else "<hidden>"
+        return (
+            f"ConnectionString(host_name={self.host_name!r}, device_id={self.device_id!r}, "
+            f"module_id={self.module_id!r}, gateway_host_name={self.gateway_host_name!r}, "
+            f"shared_access_key_name={self.shared_access_key_name!r}, x509={self.x509!r}, "
+            f"shared_access_key={key}, shared_access_signature={sig})"
+        )
+
+    __str__ = __repr__
+
+    @property
+    def client_id(self) -> str:
+        """The MQTT client identifier: ``device_id`` or ``device_id/module_id``."""
+        return make_client_id(self.device_id, self.module_id)
+
+    @property
+    def resource_uri(self) -> str:
+        """The SAS resource URI of this identity (always on ``host_name``)."""
+        return device_resource_uri(self.host_name, self.device_id, self.module_id)
+
+    @classmethod
+    def parse(cls, text: str) -> ConnectionString:
+        """Parse ``Key=Value;Key=Value;...`` as v2's ``connection_string.py`` does.
+
+        Parts are split on ``;`` and each on the first ``=`` (values may contain
+        ``=``).  Keys are case-sensitive; nothing is stripped.
+
+        Args:
+            text: the connection string.
+
+        Returns:
+            The parsed connection string.
+
+        Raises:
+            TypeError: ``text`` is not a ``str`` ("Connection String must be of type str").
+            ValueError: with v2's message: "Invalid Connection String - Unable to
+                parse" (a part without ``=``, including the empty part after a
+                trailing ``;``, or a duplicated key), "... - Invalid Key" (a key
+                v2 does not know; the message may suggest the right spelling),
+                "... - Mixed authentication scheme" (``SharedAccessKey`` and
+                ``x509`` both non-empty), "... - Incomplete" (neither ``HostName`` +
+                ``DeviceId`` + (``SharedAccessKey`` or ``x509``) nor ``HostName`` +
+                ``SharedAccessKey`` + ``SharedAccessKeyName``, empty values
+                counting as absent).  A hub-level string, valid for v2's parser,
+                is refused here because it names no device.  No message contains
+                a value of the string.
+        """
+        if not isinstance(text, str):
+            raise TypeError("Connection String must be of type str")
+        fields: dict[str, str] = {}
+        for index, part in enumerate(text.split(";")):
+            name, sep, value = part.partition("=")
+            if not sep:
+                raise ValueError(f"{_UNABLE_TO_PARSE} (part {index + 1} has no '=')")
+            if name in fields:
+                # Only valid key names are safe to echo.
+                what = f"key {name!r}" if name in _VALID_KEYS else "a key"
+                raise ValueError(f"{_UNABLE_TO_PARSE} ({what} appears twice)")
+            fields[name] = value
+        for index, name in enumerate(fields):
+            if name not in _VALID_KEYS:
+                hint = _KEYS_BY_FOLDED_NAME.get(name.strip().lower())
+                suffix = (
+                    f" (part {index + 1}: keys are case-sensitive, without spaces; "
+                    f"did you mean {hint!r}?)"
+                    if hint
+                    else f" (part {index + 1})"
+                )
+                raise ValueError(_INVALID_KEY + suffix)
+
+        host_name = fields.get(_HOST_NAME) or None
+        device_id = fields.get(_DEVICE_ID) or None
+        key = fields.get(_SHARED_ACCESS_KEY) or None
+        key_name = fields.get(_SHARED_ACCESS_KEY_NAME) or None
+        x509_value = fields.get(_X509)
+        if key and x509_value:
+            raise ValueError(_MIXED)
+        if host_name and device_id and (key or x509_value):
+            pass
+        elif host_name and key and key_name:
+            raise ValueError(_NO_DEVICE_ID)
+        else:
+            raise ValueError(_INCOMPLETE)
+        return cls(
+            host_name=host_name,
+            device_id=device_id,
+            shared_access_key=key,
+            module_id=fields.get(_MODULE_ID) or None,
+            gateway_host_name=fields.get(_GATEWAY_HOST_NAME) or None,
+            shared_access_key_name=key_name,
+            x509=x509_value is not None,
+            shared_access_signature=fields.get(_SHARED_ACCESS_SIGNATURE) or None,
+        )
+
+
+def make_client_id(device_id: str, module_id: str | None = None) -> str:
+    """The MQTT client identifier of an identity (reference 1.2), not encoded.
+
+    Args:
+        device_id: the device id.
+        module_id: the module id; ``None`` or ``""`` for a device.
+
+    Returns:
+        ``device_id`` or ``device_id/module_id``.
+    """
+    return f"{device_id}/{module_id}" if module_id else device_id
+
+
+def device_resource_uri(host: str, device_id: str, module_id: str | None = None) -> str:
+    """The SAS resource URI of a device or module (reference 2.1).
+
+    Args:
+        host: the hub's host name (never the gateway's).
+        device_id: the device id, not encoded.
+        module_id: the module id; ``None`` or ``""`` for a device (v2 tests truth).
+
+    Returns:
+        ``{host}/devices/{device_id}`` or ``{host}/devices/{device_id}/modules/{module_id}``.
+    """
+    uri = f"{host}/devices/{device_id}"
+    if module_id:
+        uri += f"/modules/{module_id}"
+    return uri
+
+
+def parse_device_resource_uri(resource_uri: str) -> tuple[str, str, str | None]:
+    """Split a device or module resource URI, as v2's ``create_from_sastoken`` does.
+
+    Args:
+        resource_uri: the unquoted URI, e.g. ``SasToken.resource_uri``.
+
+    Returns:
+        ``(host, device_id, module_id or None)``.
+
+    Raises:
+        ValueError: "Invalid SAS URI" unless the URI is
+            ``host/devices/{id}`` or ``host/devices/{id}/modules/{mid}`` with
+            non-empty parts.
+    """
+    parts = resource_uri.split("/")
+    if (
+        len(parts) in (3, 5)
+        and all(parts)
+        and parts[1] == "devices"
+        and (len(parts) == 3 or parts[3] == "modules")
+    ):
+        return parts[0], parts[2], parts[4] if len(parts) == 5 else None
+    raise ValueError("Invalid SAS URI: expected {host}/devices/{device_id}[/modules/{module_id}]")
+
+
+# ---------------------------------------------------------------------------
+# SAS tokens (reference section 2)
+# ---------------------------------------------------------------------------
+
+
+class SasTokenError(ValueError):
+    """A SAS token was refused.
+
+    Attributes:
+        reason: why, in words; never contains a key or a signature.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SasTokenMalformed(SasTokenError):
+    """The text is not a well-formed SAS token."""
+
+
+class SasTokenExpired(SasTokenError):
+    """The token's ``se`` lies in the past."""
+
+
+class SasTokenWrongResource(SasTokenError):
+    """The token's ``sr`` does not cover the resource being accessed."""
+
+
+class SasTokenBadSignature(SasTokenError):
+    """The token's ``sig`` was not made with the expected key."""
+
+
+@dataclass(frozen=True, slots=True)
+class SasToken:
+    """The fields of a parsed SAS token.
+
+    Attributes:
+        resource_uri: ``sr``, unquoted (``myhub.azure-devices.net/devices/dev1``).
+        signature: ``sig``, unquoted (the base64 HMAC).
+        expiry: ``se``, seconds since the Unix epoch.
+        policy_name: ``skn`` or ``None``.
+    """
+
+    resource_uri: str
+    signature: str
+    expiry: int
+    policy_name: str | None = None
+
+
+def decode_symmetric_key(key: str | bytes) -> bytes:
+    """Decode a base64 shared access key the way v2 does.
+
+    v2 calls ``base64.b64decode`` in its default, non-validating mode:
+    characters outside the base64 alphabet (spaces, newlines, non-ASCII text)
+    are dropped; only bad padding fails.
+
+    Args:
+        key: the base64 key as text (UTF-8 encoded first) or bytes.
+
+    Returns:
+        The raw key bytes.
+
+    Raises:
+        ValueError: "Invalid Symmetric Key" for bad padding, a ``str`` that is
+            not encodable (lone surrogates) or a key that is neither ``str``
+            nor bytes (v2 turns its ``TypeError`` into this too).  The key is
+            never shown and the original exception is not chained.
+    """
+    try:
+        if isinstance(key, str):
+            raw = key.encode("utf-8")
+        elif isinstance(key, bytes | bytearray):
+            raw = bytes(key)
+        else:
+            raise TypeError(type(key).__name__)
+        return base64.b64decode(raw)
+    except (binascii.Error, UnicodeEncodeError, TypeError):
+        raise ValueError("Invalid Symmetric Key") from None
+
+
+def _sign(key: bytes, message: str) -> str:
+    digest = hmac.new(key, message.encode("utf-8"), hashlib.sha256).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def derive_device_key(group_key: str | bytes, registration_id: str) -> str:
+    """Derive a device key from a DPS group-enrollment key (reference 2.2, V5).
+
+    Args:
+        group_key: the enrollment group's base64 key.
+        registration_id: the device's registration id.
+
+    Returns:
+        ``base64(HMAC-SHA256(b64decode(group_key), registration_id))``.
+
+    Raises:
+        ValueError: "Invalid Symmetric Key".
+    """
+    return _sign(decode_symmetric_key(group_key), registration_id)
+
+
+def generate_sas_token(
+    resource_uri: str,
+    key: str | bytes,
+    expiry: int,
+    policy_name: str | None = None,
+) -> str:
+    """Build a SAS token byte for byte as v2's ``RenewableSasToken`` does.
+
+    ``SharedAccessSignature sr={quote(uri)}&sig={quote(sig)}&se={expiry}[&skn={policy}]``
+    where ``sig = base64(HMAC-SHA256(b64decode(key), quote(uri) + "\\n" + str(expiry)))``.
+
+    Args:
+        resource_uri: unquoted, e.g. ``myhub.azure-devices.net/devices/dev1``.
+        key: the base64 shared access key.
+        expiry: seconds since the Unix epoch (v2: ``int(time.time() + ttl)``).
+        policy_name: ``skn`` for shared-access-policy keys; ``None`` or ``""``
+            for device keys (the v2 device client never sets it).  Sent as
+            given, not quoted (v2).
+
+    Returns:
+        The token text (the MQTT password).
+
+    Raises:
+        ValueError: "Invalid Symmetric Key"; or a ``policy_name`` containing
+            ``&`` (the token could not be parsed back).
+        TypeError: ``expiry`` is not an integer.
+    """
+    if isinstance(expiry, bool) or not isinstance(expiry, int):
+        raise TypeError(f"expiry must be an int, not {type(expiry).__name__}")
+    if policy_name and "&" in policy_name:
+        raise ValueError("policy_name must not contain '&'")
+    signing_key = decode_symmetric_key(key)
+    encoded_uri = quote(resource_uri, safe="")
+    signature = _sign(signing_key, f"{encoded_uri}\n{expiry}")
+    token = f"{SAS_PREFIX}sr={encoded_uri}&sig={quote(signature, safe='')}&se={expiry}"
+    if policy_name:
+        token += f"&skn={policy_name}"
+    return token
+
+
+_REQUIRED_SAS_FIELDS = ("sr", "sig", "se")
+_VALID_SAS_FIELDS = frozenset(("sr", "sig", "se", "skn"))
+_DIGITS = re.compile(r"[0-9]{1,20}")
+
+
+def _sas_fields(text: str) -> dict[str, str]:
+    """The raw (still quoted) fields of a token; raises ``SasTokenMalformed``."""
+    if not isinstance(text, str):
+        raise SasTokenMalformed("Invalid SasToken string: must be str")
+    body = text.strip()
+    if not body.startswith(SAS_PREFIX) or SAS_PREFIX in body[len(SAS_PREFIX) :]:
+        raise SasTokenMalformed(
+            "Invalid SasToken string: Not a SasToken (must start with 'SharedAccessSignature ')"
+        )
+    fields: dict[str, str] = {}
+    for part in body[len(SAS_PREFIX) :].split("&"):
+        name, sep, value = part.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep:
+            raise SasTokenMalformed("Invalid SasToken string: Incorrectly formatted (no '=')")
+        if name not in _VALID_SAS_FIELDS:
+            raise SasTokenMalformed("Invalid SasToken string: Unexpected fields present")
+        if name in fields:
+            raise SasTokenMalformed(f"Invalid SasToken string: field {name!r} appears twice")
+        if not value:
+            raise SasTokenMalformed(f"Invalid SasToken string: field {name!r} is empty")
+        fields[name] = value
+    missing = [name for name in _REQUIRED_SAS_FIELDS if name not in fields]
+    if missing:
+        raise SasTokenMalformed(
+            "Invalid SasToken string: Not all required fields present (missing "
+            + ", ".join(missing)
+            + ")"
+        )
+    if not _DIGITS.fullmatch(fields["se"]):
+        raise SasTokenMalformed(
+            "Invalid SasToken string: 'se' must be an expiry in seconds (ASCII digits)"
+        )
+    return fields
+
+
+def parse_sas_token(text: str) -> SasToken:
+    """Parse a SAS token (reference 2.3); fields may come in any order.
+
+    Args:
+        text: ``SharedAccessSignature sr=...&sig=...&se=...[&skn=...]``; blanks
+            around the whole text and around each name and value are ignored.
+
+    Returns:
+        The token's fields, ``sr`` and ``sig`` unquoted with ``unquote``.
+
+    Raises:
+        SasTokenMalformed: (a ``ValueError``) not the prefix, a field without
+            ``=``, an unknown, duplicated, empty or missing field, or ``se`` not
+            decimal digits.
+    """
+    fields = _sas_fields(text)
+    return SasToken(
+        resource_uri=unquote(fields["sr"]),
+        signature=unquote(fields["sig"]),
+        expiry=int(fields["se"]),
+        policy_name=fields.get("skn"),
+    )
+
+
+def _covers(token_uri: str, resource_uri: str) -> bool:
+    """Whether a token for ``token_uri`` grants ``resource_uri``.
+
+    Per path segment prefix (``host/devices/dev1`` covers
+    ``host/devices/dev1/modules/m`` but not ``host/devices/dev10``); the first
+    segment (host name or DPS id scope) compares without case, the rest with it
+    (device ids are case-sensitive).
+    """
+    have = token_uri.split("/")
+    want = resource_uri.split("/")
+    if have[0].lower() != want[0].lower():
+        return False
+    return have[1:] == want[1 : len(have)]
+
+
+def verify_sas_token(
+    token_text: str,
+    key: str | bytes,
+    *,
+    resource_uri: str,
+    now: float,
+) -> SasToken:
+    """Check a SAS token as the service does (for the emulator).
+
+    The signature is recomputed over the token's own ``sr`` text as sent (still
+    quoted, whatever the case of its hex) plus ``"\\n"`` plus ``se``, and compared
+    in constant time.  Checks run in this order: form, resource, signature, expiry.
+
+    Args:
+        token_text: the token (the MQTT password).
+        key: the base64 key the token must be signed with.  The caller picks it
+            (device key, or a policy key named by ``policy_name``).
+        resource_uri: the unquoted URI being accessed, e.g.
+            ``device_resource_uri(host, device_id)``.
+        now: the current time in seconds since the Unix epoch.
+
+    Returns:
+        The parsed token.
+
+    Raises:
+        SasTokenMalformed: see ``parse_sas_token``.
+        SasTokenWrongResource: ``sr`` does not cover ``resource_uri``.
+        SasTokenBadSignature: ``sig`` does not match.
+        SasTokenExpired: ``se < now`` (v2's "already expired" test).
+        ValueError: "Invalid Symmetric Key" for a ``key`` with bad padding.
+    """
+    fields = _sas_fields(token_text)
+    token = SasToken(
+        resource_uri=unquote(fields["sr"]),
+        signature=unquote(fields["sig"]),
+        expiry=int(fields["se"]),
+        policy_name=fields.get("skn"),
+    )
+    signing_key = decode_symmetric_key(key)
+    if not _covers(token.resource_uri, resource_uri):
+        raise SasTokenWrongResource(
+            f"SasToken is for {token.resource_uri!r}, which does not cover {resource_uri!r}"
+        )
+    expected = _sign(signing_key, f"{fields['sr']}\n{fields['se']}").encode("ascii")
+    given = token.signature.encode("utf-8", "surrogatepass")
+    if not hmac.compare_digest(expected, given):
+        raise SasTokenBadSignature("SasToken signature does not match the key")
+    if token.expiry < now:
+        raise SasTokenExpired(f"SasToken expired at {token.expiry} (now {int(now)})")
+    return token
+
+
+# ---------------------------------------------------------------------------
+# MQTT user names (reference section 1.3)
+# ---------------------------------------------------------------------------
+
+
+def default_user_agent() -> str:
+    """Our user agent, in v2's shape with our product name.
+
+    Returns:
+        ``iotdev/{version}({python_version};{system} {os_version};{machine})``,
+        e.g. ``iotdev/0.1.0(3.11.4;Linux #1 SMP ...;x86_64)``.
+    """
+    import platform
+
+    from . import __version__
+
+    return (
+        f"{_PRODUCT}/{__version__}({platform.python_version()};"
+        f"{platform.system()} {platform.version()};{platform.machine()})"
+    )
+
+
+def build_username(
+    host: str,
+    client_id: str,
+    *,
+    product_info: object = "",
+    user_agent: str | None = None,
+    api_version: str | None = None,
+) -> str:
+    """The MQTT user name, byte for byte as v2 builds it (reference 1.3).
+
+    ``{host}/{client_id}/?{query}``; host and client id are not encoded, the
+    query is ``urlencode(pairs, quote_via=quote)``.  Pairs: ``api-version``,
+    ``DeviceClientType={user_agent}{product_info}``; when ``str(product_info)``
+    starts with ``dtmi`` it is a Plug and Play model id instead: api-version
+    2020-09-30, ``DeviceClientType={user_agent}``, ``model-id={product_info}``.
+
+    Args:
+        host: the hub's host name (never the gateway's).
+        client_id: ``device_id`` or ``device_id/module_id``.
+        product_info: appended to the user agent, or a ``dtmi:...`` model id;
+            converted with ``str()`` as v2 does.
+        user_agent: ``None`` for ``default_user_agent()``.
+        api_version: ``None`` for v2's value (2019-10-01, or 2020-09-30 with a
+            model id).
+
+    Returns:
+        The user name.
+    """
+    agent = default_user_agent() if user_agent is None else user_agent
+    info = str(product_info)
+    pairs: list[tuple[str, str]]
+    if info.startswith(DIGITAL_TWIN_PREFIX):
+        pairs = [
+            ("api-version", api_version or DIGITAL_TWIN_API_VERSION),
+            ("DeviceClientType", agent),
+            ("model-id", info),
+        ]
+    else:
+        pairs = [
+            ("api-version", api_version or IOTHUB_API_VERSION),
+            ("DeviceClientType", agent + info),
+        ]
+    return f"{host}/{client_id}/?{urlencode(pairs, quote_via=quote)}"
+
+
+def parse_username(text: str) -> tuple[str, str, dict[str, str]]:
+    """Split an IoT Hub MQTT user name (for the emulator).
+
+    The query starts at the last ``/?`` (query values are quoted, ids cannot
+    contain ``/``, so this also works for ids containing ``?``).  A user name
+    without a query (``host/device`` or ``host/device/``) is accepted with an
+    empty dict.  Query entries are split on ``&`` and the first ``=`` and
+    unquoted with ``unquote`` (``+`` stays ``+``); an entry without ``=`` has
+    the value ``""``, empty entries are skipped, a later duplicate wins.
+
+    Args:
+        text: the CONNECT user name.
+
+    Returns:
+        ``(host, client_id, params)``; ``client_id`` is ``device`` or
+        ``device/module``, as sent (not unquoted).
+
+    Raises:
+        ValueError: no ``/`` after a non-empty host, or a client id that is
+            empty, has an empty segment or more than one ``/``.
+    """
+    host, sep, rest = text.partition("/")
+    if not host or not sep:
+        raise ValueError("MQTT user name must be {host}/{client_id}/?{query}")
+    cut = rest.rfind("/?")
+    if cut >= 0:
+        client_id, query = rest[:cut], rest[cut + 2 :]
+    else:
+        client_id = rest[:-1] if rest.endswith("/") else rest
+        query = ""
+    segments = client_id.split("/")
+    if len(segments) > 2 or not all(segments):
+        raise ValueError("MQTT user name: client id must be {device_id} or {device_id}/{module_id}")
+    params: dict[str, str] = {}
+    for entry in query.split("&"):
+        if not entry:
+            continue
+        name, _, value = entry.partition("=")
+        params[unquote(name)] = unquote(value)
+    return host, client_id, params

@@ -1,0 +1,22 @@
+"""The local IoT Hub emulator: run and test device code with no cloud account.
+
+    from iotdev.emulator import Hub
+
+    with Hub(mqtt_port=0, ws_port=0) as hub:          # free ports; 8883 / 443 by default
+        hub.add_device("dev1")
+        print(hub.connection_string("dev1"), hub.ca_pem)
+        ...                                          # run the device, then:
+        hub.wait_for_telemetry("dev1", 1)
+        hub.invoke_method("dev1", "reboot", {"delay": 5})
+        hub.patch_desired("dev1", {"rate": 5})
+        hub.send_c2d("dev1", b"hello")
+
+Command line: ``iotdev-hub serve`` / ``python -m iotdev.emulator serve``.
+"""
+
+from __future__ import annotations
+
+from ._hub import Hub, MethodResult
+from ._store import C2DMessage, Device, TelemetryMessage, Twin
+
+__all__ = ["C2DMessage", "Device", "Hub", "MethodResult", "TelemetryMessage", "Twin"]
