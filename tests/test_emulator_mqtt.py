@@ -237,3 +237,32 @@ def test_hub_usable_from_asyncio(tmp_path: Any) -> None:
             return result.status
 
     assert asyncio.run(main()) == 404
+
+
+def test_x509_device_authenticates_with_its_certificate(hub: Hub) -> None:
+    from iotdev import X509
+
+    cert = hub.add_x509_device("xdev")
+    client = MQTTClient(
+        "localhost", hub.mqtt_port, client_id="xdev", transport="tls",
+        username=f"{hub.hub_name}/xdev/?api-version=2021-04-12",
+        server_verification_cert=hub.ca_pem, x509=X509(str(cert.cert_file), str(cert.key_file)),
+        reconnect=False, connect_timeout=TIMEOUT)
+    try:
+        client.connect(timeout=TIMEOUT)
+        client.publish("devices/xdev/messages/events/", b"signed", 1).result(TIMEOUT)
+    finally:
+        client.shutdown()
+    assert [m.body for m in hub.wait_for_telemetry("xdev", 1)] == [b"signed"]
+    # Another device's certificate is refused.
+    hub.add_x509_device("ydev")
+    other = MQTTClient(
+        "localhost", hub.mqtt_port, client_id="ydev", transport="tls",
+        username=f"{hub.hub_name}/ydev/?api-version=2021-04-12",
+        server_verification_cert=hub.ca_pem, x509=X509(str(cert.cert_file), str(cert.key_file)),
+        reconnect=False, connect_timeout=TIMEOUT)
+    try:
+        with pytest.raises(CredentialError):
+            other.connect(timeout=TIMEOUT)
+    finally:
+        other.shutdown()

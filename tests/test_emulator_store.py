@@ -142,7 +142,7 @@ def test_x509_device_has_normalised_thumbprints_and_no_keys() -> None:
     device = Store(None).add_device("cam", x509_thumbprints=[sha1, sha256, sha1.upper()])
     assert device.x509_thumbprints == ("AB" * 20, "CD" * 32)
     assert device.primary_key is None and device.secondary_key is None
-    with pytest.raises(ValueError, match="X.509"):
+    with pytest.raises(ValueError, match=r"X\.509"):
         device.connection_string("hub.local")
 
 

@@ -54,6 +54,7 @@ from .._auth import SasTokenError, parse_username, verify_sas_token
 from ._certs import CertPaths, ensure_certificates
 from ._conn import DeviceConnection
 from ._store import C2DMessage, Device, Store, TelemetryMessage, TwinError
+from ._x509 import DeviceCertificate, issue_device_certificate, thumbprints
 
 __all__ = ["Hub", "MethodResult"]
 
@@ -211,6 +212,9 @@ class Hub:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(self.certs.server_cert, self.certs.server_key)
+        # X.509 devices present a certificate from our CA; SAS devices none.
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+        ctx.load_verify_locations(self.certs.ca_cert)
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
             lambda: DeviceConnection(self, ctx, websocket=False), self.host, self.mqtt_port)
@@ -394,16 +398,14 @@ class Hub:
             reason = f"unknown device {packet.client_id!r}"
         elif not device.enabled:
             reason = f"device {device.device_id} is disabled"
-        elif packet.username is None or packet.password is None:
-            reason = "no user name or password (X.509 is not supported by this emulator)"
+        elif packet.username is None:
+            reason = "no user name"
+        elif packet.password is None:
+            reason = self._check_certificate(conn, device)
+            if reason is None:
+                reason = self._check_username(packet.username, packet.client_id)
         else:
-            try:
-                _, client_id, _ = parse_username(packet.username)
-            except ValueError as exc:
-                client_id = ""
-                reason = f"bad user name: {exc}"
-            if reason is None and client_id != packet.client_id:
-                reason = "the user name names another client id"
+            reason = self._check_username(packet.username, packet.client_id)
             if reason is None:
                 reason, expiry = self._check_token(device, packet.password.decode(
                     "utf-8", "replace"))
@@ -434,6 +436,38 @@ class Hub:
             self._expiry_timers[conn] = conn.loop.call_later(
                 delay, conn.close, "the SAS token expired")
         self._deliver_c2d(device.device_id)
+
+    @staticmethod
+    def _check_username(username: str, client_id: str) -> str | None:
+        try:
+            _, named, _ = parse_username(username)
+        except ValueError as exc:
+            return f"bad user name: {exc}"
+        if named != client_id:
+            return "the user name names another client id"
+        return None
+
+    @staticmethod
+    def _check_certificate(conn: DeviceConnection, device: Device) -> str | None:
+        if not device.x509_thumbprints:
+            return "no password, and the device has no X.509 thumbprint"
+        tls = conn.stack.layers[0]
+        der = tls.ssl_object.getpeercert(binary_form=True)  # type: ignore[attr-defined]
+        if not der:
+            return "no password and no client certificate"
+        if not set(thumbprints(der)) & set(device.x509_thumbprints):
+            return "the client certificate's thumbprint is not registered for the device"
+        return None
+
+    def add_x509_device(self, device_id: str, *, enabled: bool = True) -> DeviceCertificate:
+        """Register an X.509 device with a certificate issued by the hub's CA;
+        returns the certificate and key files (``iotdev.X509(cert, key)``)."""
+        if self.certs is None:
+            raise RuntimeError("start() the hub first: the CA is made on start")
+        cert = issue_device_certificate(self.state_dir, device_id)
+        self.store.add_device(device_id, x509_thumbprints=(cert.sha256_thumbprint,),
+                              enabled=enabled)
+        return cert
 
     def _check_token(self, device: Device, token: str) -> tuple[str | None, float | None]:
         error: str | None = "no key"
