@@ -1,7 +1,8 @@
 """iotdev: an Azure IoT Hub device client built on the sans-IO ``iotdev_mqtt`` engine.
 
-So far: the I/O layer and a generic MQTT client (``iotdev.mqtt.MQTTClient``,
-``iotdev.aio.MQTTClient``); the IoT Hub device client follows.
+``IoTHubDeviceClient`` follows azure-iot-device v2's API; ``iotdev.aio`` has the
+asyncio client; ``iotdev.mqtt.MQTTClient`` is a generic MQTT client on the same
+I/O layer; ``iotdev.emulator`` is a local IoT Hub.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from ._errors import (
     TLSVerificationError,
     WebSocketUpgradeError,
 )
+from ._models import Message, MethodRequest, MethodResponse
+from ._sync_client import IoTHubDeviceClient
 from .transport import X509, ProxyOptions
 
 __all__ = [
@@ -35,6 +38,10 @@ __all__ = [
     "ConnectionRefusedByHostError",
     "CredentialError",
     "HostNotFoundError",
+    "IoTHubDeviceClient",
+    "Message",
+    "MethodRequest",
+    "MethodResponse",
     "NoConnectionError",
     "OperationCancelled",
     "OperationTimeout",

@@ -14,7 +14,8 @@ Compatibility with azure-iot-device v2 (2.14):
   ``se``[, ``skn``]; ``sr`` and ``sig`` quoted with ``quote(..., safe="")``,
   ``skn`` as given).  Keys are decoded like v2: non-validating base64 (characters
   outside the alphabet are dropped), bad padding raises
-  ``ValueError("Invalid Symmetric Key")``.
+  ``ValueError("Invalid Symmetric Key")``.  A policy name containing ``&`` is
+  refused (v2 would emit a token that cannot be parsed back).
 * ``ConnectionString.parse`` applies v2's rules and messages; it is stricter
   in one place: a hub-level string without ``DeviceId`` raises ``ValueError``
   (v2's factory raised a bare ``KeyError('DeviceId')``).

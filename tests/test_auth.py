@@ -836,9 +836,7 @@ def test_parse_username_invalid(text: str) -> None:
         parse_username(text)
 
 
-_username_ids = st.text(
-    st.characters(codec="utf-8", exclude_characters="/"), min_size=1
-)
+_username_ids = st.text(st.characters(codec="utf-8", exclude_characters="/"), min_size=1)
 
 
 @given(

@@ -157,6 +157,9 @@ class ThreadDriver:
             handler thread at every connection state change.
         on_error: called with background exceptions (a handler that raised, a
             failed reconnect) on the handler thread.
+        intercept: called on the I/O thread with each message first; returning
+            ``True`` consumes it.  For responses that resolve a waiting caller
+            (which may itself be a handler): keep it short, never block.
         engine_options: passed to ``ClientConnection``.
     """
 
@@ -169,9 +172,11 @@ class ThreadDriver:
         on_message: Handler | None = None,
         on_state: Callable[[bool, str | None], None] | None = None,
         on_error: Handler | None = None,
+        intercept: Callable[[MessageReceived], bool] | None = None,
         **engine_options: Any,
     ) -> None:
         self.endpoint = endpoint
+        self.intercept = intercept
         self.options = options
         self.reconnect = reconnect or ReconnectPolicy()
         self.on_message = on_message
@@ -243,6 +248,26 @@ class ThreadDriver:
         fut = Completion()
         self._submit(lambda: self._cmd_request(fut, "unsubscribe", topic_filters))
         return fut
+
+    def reauthorize(self) -> Completion:
+        """Reconnect at once with fresh credentials (SAS renewal), keeping the
+        session: in-flight publishes are re-sent after the new CONNACK."""
+        fut = Completion()
+        self._submit(lambda: self._cmd_reauthorize(fut))
+        return fut
+
+    def _cmd_reauthorize(self, fut: Completion) -> None:
+        if self._sock is None:
+            fut.set_result(None)
+            return
+        self._goodbye()
+        self._close_socket("reauthorizing with new credentials", report=True)
+        if self._connect_future is None or self._connect_future.done():
+            self._connect_future = fut
+        else:
+            self._connect_future.add_done_callback(lambda f: _copy(f, fut))
+        self._want_connected = True
+        self._retry_at = time.monotonic()
 
     def disconnect(self) -> Completion:
         """Send DISCONNECT, close, and stop reconnecting."""
@@ -563,6 +588,8 @@ class ThreadDriver:
                 if fut is not None:
                     fut.set_result(None)
             elif isinstance(event, MessageReceived):
+                if self.intercept is not None and self.intercept(event):
+                    continue  # consumed on the I/O thread (e.g. a response a caller awaits)
                 if self.on_message is not None:
                     self._dispatch(functools.partial(self.on_message, event))
             elif isinstance(event, Subscribed):

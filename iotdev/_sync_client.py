@@ -1,0 +1,450 @@
+"""``IoTHubDeviceClient``: the azure-iot-device v2 device API on the thread
+driver.  Handlers run on the driver's handler thread, in arrival order, never
+on the I/O thread; twin responses are matched on the I/O thread, so a handler
+may call ``get_twin()`` without deadlocking."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from iotdev_mqtt import MessageReceived
+
+from . import _hub_topics as topics
+from ._errors import (
+    ClientError,
+    NoConnectionError,
+    OperationCancelled,
+    OperationTimeout,
+)
+from ._hubclient import (
+    RENEW_MARGIN,
+    HubConfig,
+    TwinRequests,
+    build_config,
+    check_update_sastoken,
+    config_from_connection_string,
+    config_from_sastoken,
+    method_response_publish,
+    parse_incoming,
+    telemetry_publish,
+)
+from ._models import Message, MethodRequest, MethodResponse
+from .transport._thread import Completion, ThreadDriver
+from .transport._tls import X509
+
+__all__ = ["IoTHubDeviceClient"]
+
+log = logging.getLogger(__name__)
+
+def _feature_filter(feature: str, config: HubConfig) -> str:
+    if feature == "c2d":
+        return topics.c2d_subscribe_filter(config.device_id)
+    return {
+        "methods": "$iothub/methods/POST/#",
+        "twin_patches": "$iothub/twin/PATCH/properties/desired/#",
+        "twin": "$iothub/twin/res/#",
+    }[feature]
+
+
+class IoTHubDeviceClient:
+    """A synchronous IoT Hub device client (create it with a factory)."""
+
+    def __init__(self, config: HubConfig) -> None:
+        self._config = config
+        self._features: set[str] = set()
+        self._handlers: dict[str, Callable[..., Any] | None] = {}
+        self._inboxes: dict[str, queue.Queue[Any]] = {}
+        self._mode: dict[str, str] = {}  # feature -> "handler" | "api"
+        self._twin = TwinRequests()
+        self._twin_waiters: dict[str, Completion] = {}
+        self._lock = threading.Lock()
+        self._last_desired_version: int | None = None
+        self._shutdown = False
+        self._renew_timer: threading.Timer | None = None
+        self._driver = ThreadDriver(
+            config.endpoint(), config.connect_options(),
+            reconnect=config.reconnect_policy(),
+            on_message=self._on_message, on_state=self._on_state,
+            on_error=self._background, intercept=self._intercept,
+            max_queued=config.max_queued_messages,
+        )
+
+    # ------------------------------------------------------------- factories
+
+    @classmethod
+    def create_from_connection_string(cls, connection_string: str,
+                                      **kwargs: Any) -> IoTHubDeviceClient:
+        """From ``HostName=...;DeviceId=...;SharedAccessKey=...`` (or ``x509=true``
+        with ``x509=X509(...)``).  Keyword options as azure-iot-device."""
+        return cls(config_from_connection_string(connection_string, **kwargs))
+
+    @classmethod
+    def create_from_sastoken(cls, sastoken: str, **kwargs: Any) -> IoTHubDeviceClient:
+        """From a SAS token you renew (``on_new_sastoken_required`` /
+        ``update_sastoken``)."""
+        return cls(config_from_sastoken(sastoken, **kwargs))
+
+    @classmethod
+    def create_from_symmetric_key(cls, symmetric_key: str, hostname: str, device_id: str,
+                                  **kwargs: Any) -> IoTHubDeviceClient:
+        return cls(build_config(hostname=hostname, device_id=device_id,
+                                symmetric_key=symmetric_key, **kwargs))
+
+    @classmethod
+    def create_from_x509_certificate(cls, x509: X509, hostname: str, device_id: str,
+                                     **kwargs: Any) -> IoTHubDeviceClient:
+        if not isinstance(x509, X509):
+            raise TypeError("x509 must be an iotdev.X509")
+        return cls(build_config(hostname=hostname, device_id=device_id, x509=x509, **kwargs))
+
+    # ------------------------------------------------------------ connection
+
+    @property
+    def connected(self) -> bool:
+        return self._driver.connected
+
+    def _timeout(self, timeout: float | None) -> float:
+        return self._config.operation_timeout if timeout is None else timeout
+
+    def _check_alive(self) -> None:
+        if self._shutdown:
+            raise ClientError("the client has been shut down")
+
+    def connect(self, *, timeout: float | None = None) -> None:
+        """Connect to the hub (blocks until connected).
+
+        Raises:
+            ConnectionFailedError, CredentialError, OperationTimeout.
+        """
+        self._check_alive()
+        self._wait(self._driver.connect(), timeout, "connect")
+
+    def _ensure_connected(self) -> None:
+        if self._driver.connected:
+            return
+        if not self._config.auto_connect:
+            raise NoConnectionError("not connected and auto_connect is False: call connect()")
+        self.connect()
+
+    def disconnect(self, *, timeout: float | None = None) -> None:
+        """Disconnect; operations still pending end with ``OperationCancelled``."""
+        self._check_alive()
+        self._cancel_renewal()
+        self._wait(self._driver.disconnect(), timeout, "disconnect")
+        self._fail_twin(OperationCancelled("disconnect() was called"))
+
+    def shutdown(self) -> None:
+        """Disconnect and release every resource; later calls raise ``ClientError``."""
+        if self._shutdown:
+            return
+        self._shutdown = True
+        self._cancel_renewal()
+        self._driver.shutdown()
+        self._fail_twin(OperationCancelled("shutdown() was called"))
+
+    def update_sastoken(self, sastoken: str) -> None:
+        """Replace the SAS token (clients made with ``create_from_sastoken``);
+        reconnects at once when connected."""
+        self._check_alive()
+        check_update_sastoken(self._config, sastoken)
+        if self._driver.connected:
+            self._wait(self._driver.reauthorize(), None, "reauthorize")
+        self._schedule_renewal()
+
+    def _wait(self, fut: Completion, timeout: float | None, what: str) -> Any:
+        try:
+            return fut.result(self._timeout(timeout))
+        except TimeoutError:
+            raise OperationTimeout(f"{what} did not complete within "
+                                   f"{self._timeout(timeout):g} s") from None
+
+    # ------------------------------------------------------------ telemetry
+
+    def send_message(self, message: Any, *, timeout: float | None = None) -> None:
+        """Send telemetry (QoS 1; returns on PUBACK).  Anything that is not a
+        ``Message`` becomes one.  While the connection is down (and retry is
+        on) the message waits in a bounded queue and is sent on reconnect.
+
+        Raises:
+            ValueError: over 256 KB.  OperationTimeout, ConnectionDroppedError,
+            OperationCancelled, NoConnectionError.
+        """
+        self._check_alive()
+        topic, body = telemetry_publish(self._config, message)
+        self._ensure_connected()
+        self._wait(self._driver.publish(topic, body, 1, False), timeout, "send_message")
+
+    # --------------------------------------------------------------- methods
+
+    def send_method_response(self, method_response: MethodResponse, *,
+                             timeout: float | None = None) -> None:
+        self._check_alive()
+        topic, body = method_response_publish(method_response)
+        self._ensure_connected()
+        self._wait(self._driver.publish(topic, body, 1, False), timeout,
+                   "send_method_response")
+
+    def receive_method_request(self, method_name: str | None = None, block: bool = True,
+                               timeout: float | None = None) -> MethodRequest | None:
+        """Deprecated (v2): wait for a method request (of ``method_name``, or any)."""
+        self._api_mode("methods")
+        box = self._inbox(f"method:{method_name}" if method_name else "method:*")
+        request: MethodRequest | None = self._take(box, block, timeout)
+        return request
+
+    # ------------------------------------------------------------------ C2D
+
+    def receive_message(self, block: bool = True,
+                        timeout: float | None = None) -> Message | None:
+        """Deprecated (v2): wait for a cloud-to-device message."""
+        self._api_mode("c2d")
+        message: Message | None = self._take(self._inbox("c2d"), block, timeout)
+        return message
+
+    # ------------------------------------------------------------------ twin
+
+    def get_twin(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """The twin's properties: ``{"desired": {...}, "reported": {...}}``.
+
+        Raises:
+            ServiceError: the hub answered with a status >= 300 (``.status``;
+                429 means throttled).  OperationTimeout.
+        """
+        result: dict[str, Any] = self._twin_request("GET", None, timeout)
+        return result
+
+    def patch_twin_reported_properties(self, reported_properties_patch: dict[str, Any], *,
+                                       timeout: float | None = None) -> None:
+        if not isinstance(reported_properties_patch, dict):
+            raise TypeError("the reported properties patch must be a dict")
+        self._twin_request("PATCH", reported_properties_patch, timeout)
+
+    def receive_twin_desired_properties_patch(self, block: bool = True,
+                                              timeout: float | None = None) -> Any:
+        """Deprecated (v2): wait for a desired-properties patch."""
+        self._api_mode("twin_patches")
+        return self._take(self._inbox("desired"), block, timeout)
+
+    def _twin_request(self, kind: str, patch: Any, timeout: float | None) -> Any:
+        self._check_alive()
+        self._ensure_connected()
+        self._enable("twin")
+        rid, topic, body = self._twin.new(kind, patch)
+        waiter = Completion()
+        with self._lock:
+            self._twin_waiters[rid] = waiter
+            self._twin.pending[rid] = (topic, body, None)
+        self._driver.publish(topic, body, 1, False)
+        try:
+            return self._wait(waiter, timeout, f"twin {kind}")
+        finally:
+            with self._lock:
+                self._twin_waiters.pop(rid, None)
+                self._twin.pending.pop(rid, None)
+
+    def _intercept(self, message: MessageReceived) -> bool:
+        """I/O thread: twin responses resolve their callers here."""
+        parsed = TwinRequests.parse_response(message)
+        if parsed is None:
+            return False
+        status, rid, _ = parsed
+        with self._lock:
+            waiter = self._twin_waiters.get(rid)
+        if waiter is not None:
+            try:
+                waiter.set_result(TwinRequests.outcome(status, message.payload))
+            except Exception as exc:
+                waiter.set_exception(exc)
+        return True
+
+    def _fail_twin(self, error: BaseException) -> None:
+        with self._lock:
+            waiters = list(self._twin_waiters.values())
+        for waiter in waiters:
+            waiter.set_exception(error)
+
+    # -------------------------------------------------------------- handlers
+
+    def _handler_property(feature: str, key: str) -> Any:  # type: ignore[misc]
+        def getter(self: IoTHubDeviceClient) -> Callable[..., Any] | None:
+            return self._handlers.get(key)
+
+        def setter(self: IoTHubDeviceClient, handler: Callable[..., Any] | None) -> None:
+            self._check_alive()
+            if handler is not None and not callable(handler):
+                raise TypeError(f"{key} must be callable or None")
+            if feature and handler is not None:
+                if self._mode.get(feature) == "api":
+                    raise ClientError(f"cannot set {key}: the client is in receive-API mode "
+                                      "for this feature (v2's receive-mode lock)")
+                self._mode[feature] = "handler"
+            self._handlers[key] = handler
+            if feature and handler is not None:
+                self._enable(feature)
+                if feature == "twin_patches":
+                    self._enable("twin")
+            elif feature and handler is None and self._mode.get(feature) == "handler":
+                self._mode.pop(feature, None)
+
+        return property(getter, setter)
+
+    on_message_received = _handler_property("c2d", "on_message_received")
+    on_method_request_received = _handler_property("methods", "on_method_request_received")
+    on_twin_desired_properties_patch_received = _handler_property(
+        "twin_patches", "on_twin_desired_properties_patch_received")
+    on_connection_state_change = _handler_property("", "on_connection_state_change")
+    on_new_sastoken_required = _handler_property("", "on_new_sastoken_required")
+    on_background_exception = _handler_property("", "on_background_exception")
+    del _handler_property
+
+    def _api_mode(self, feature: str) -> None:
+        self._check_alive()
+        if self._mode.get(feature) == "handler":
+            raise ClientError("cannot use the receive API: a handler is set for this feature "
+                              "(v2's receive-mode lock)")
+        self._mode[feature] = "api"
+        self._enable(feature)
+        if feature == "twin_patches":
+            self._enable("twin")
+
+    def _inbox(self, name: str) -> queue.Queue[Any]:
+        with self._lock:
+            box = self._inboxes.get(name)
+            if box is None:
+                box = self._inboxes[name] = queue.Queue()
+            return box
+
+    def _take(self, box: queue.Queue[Any], block: bool, timeout: float | None) -> Any:
+        try:
+            return box.get(block, timeout)
+        except queue.Empty:
+            return None
+
+    def _enable(self, feature: str) -> None:
+        """Subscribe to the feature's topic (now if connected, and after every
+        reconnect)."""
+        if feature in self._features:
+            return
+        self._features.add(feature)
+        if self._driver.connected:
+            self._subscribe([feature])
+        elif self._config.auto_connect and not self._shutdown:
+            self.connect()
+
+    def _subscribe(self, features: list[str]) -> None:
+        subs = [(_feature_filter(f, self._config), 1) for f in sorted(features)]
+        try:
+            self._wait(self._driver.subscribe(subs), None, "subscribe")
+        except Exception as exc:
+            self._background(exc)
+
+    # ---------------------------------------------------- events (handler thread)
+
+    def _on_message(self, message: MessageReceived) -> None:
+        try:
+            parsed = parse_incoming(self._config, message)
+        except ValueError as exc:  # a method request whose body is not JSON, ...
+            self._background(exc)
+            return
+        if parsed.kind == "c2d":
+            self._deliver("c2d", "on_message_received", "c2d", parsed.value)
+        elif parsed.kind == "method":
+            request: MethodRequest = parsed.value
+            if self._mode.get("methods") == "api":
+                named = self._inboxes.get(f"method:{request.name}")
+                (named or self._inbox("method:*")).put(request)
+            else:
+                self._call("on_method_request_received", request)
+        elif parsed.kind == "desired":
+            patch = parsed.value
+            if isinstance(patch, dict) and isinstance(patch.get("$version"), int):
+                self._last_desired_version = patch["$version"]
+            self._deliver("twin_patches", "on_twin_desired_properties_patch_received",
+                          "desired", patch)
+
+    def _deliver(self, feature: str, handler: str, inbox: str, value: Any) -> None:
+        if self._mode.get(feature) == "api":
+            self._inbox(inbox).put(value)
+        else:
+            self._call(handler, value)
+
+    def _call(self, name: str, *args: Any) -> None:
+        handler = self._handlers.get(name)
+        if handler is None:
+            return
+        try:
+            handler(*args)
+        except Exception as exc:
+            log.exception("%s raised", name)
+            self._background(exc)
+
+    def _background(self, exc: BaseException) -> None:
+        handler = self._handlers.get("on_background_exception")
+        if handler is not None:
+            try:
+                handler(exc)
+            except Exception:
+                log.exception("on_background_exception raised")
+
+    def _on_state(self, connected: bool, reason: str | None) -> None:
+        self._call("on_connection_state_change")
+        if not connected:
+            return
+        self._schedule_renewal()
+        if self._features:
+            self._subscribe(list(self._features))
+        with self._lock:
+            resend = list(self._twin.pending.values())
+        for topic, body, _ in resend:  # twin requests cut off by the drop
+            self._driver.publish(topic, body, 1, False)
+        if self._config.ensure_desired_properties and "twin_patches" in self._features:
+            self._refresh_desired()
+
+    def _refresh_desired(self) -> None:
+        """After (re)connecting: deliver the desired document if its version
+        moved past the last one delivered (v2's ensure_desired_properties)."""
+        def run() -> None:
+            try:
+                twin = self.get_twin()
+            except Exception as exc:
+                self._background(exc)
+                return
+            desired = twin.get("desired", {}) if isinstance(twin, dict) else {}
+            version = desired.get("$version")
+            if version != self._last_desired_version:
+                self._last_desired_version = version
+                self._deliver("twin_patches", "on_twin_desired_properties_patch_received",
+                              "desired", desired)
+
+        threading.Thread(target=run, name="iotdev-desired", daemon=True).start()
+
+    # ------------------------------------------------------------ SAS renewal
+
+    def _schedule_renewal(self) -> None:
+        self._cancel_renewal()
+        expiry = self._config.token_expiry
+        if expiry is None or self._shutdown:
+            return
+        delay = max(1.0, expiry - RENEW_MARGIN - time.time())
+        timer = threading.Timer(delay, self._renew)
+        timer.daemon = True
+        self._renew_timer = timer
+        timer.start()
+
+    def _cancel_renewal(self) -> None:
+        if self._renew_timer is not None:
+            self._renew_timer.cancel()
+            self._renew_timer = None
+
+    def _renew(self) -> None:
+        if self._shutdown:
+            return
+        if self._config.symmetric_key is not None:
+            self._driver.reauthorize()  # a fresh token is generated for the new CONNECT
+        else:
+            self._call("on_new_sastoken_required")

@@ -1,0 +1,25 @@
+"""The exceptions of iotdev, importable as from ``azure.iot.device.exceptions``."""
+
+from __future__ import annotations
+
+from ._errors import (
+    ClientError,
+    ConnectionDroppedError,
+    ConnectionFailedError,
+    CredentialError,
+    NoConnectionError,
+    OperationCancelled,
+    OperationTimeout,
+    ServiceError,
+)
+
+__all__ = [
+    "ClientError",
+    "ConnectionDroppedError",
+    "ConnectionFailedError",
+    "CredentialError",
+    "NoConnectionError",
+    "OperationCancelled",
+    "OperationTimeout",
+    "ServiceError",
+]
