@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._client import IoTHubDeviceClient
 from ._mqtt import MQTTClient
 
-__all__ = ["MQTTClient"]
+__all__ = ["IoTHubDeviceClient", "MQTTClient"]

@@ -53,6 +53,7 @@ from .. import _hub_topics as topics
 from .._auth import SasTokenError, parse_username, verify_sas_token
 from ._certs import CertPaths, ensure_certificates
 from ._conn import DeviceConnection
+from ._service import ServiceAPI  # service API (HTTPS)
 from ._store import C2DMessage, Device, Store, TelemetryMessage, TwinError
 from ._x509 import DeviceCertificate, issue_device_certificate, thumbprints
 
@@ -97,6 +98,10 @@ class Hub:
             temporary folder when ``None``).
         connection_host: the ``HostName`` put in connection strings
             (default: ``host``, so that clients dial the right address).
+        http_port: the HTTPS service API (``_service.py``; 0 picks a free
+            port; ``None``, the default, disables it).  It has no
+            authentication, so it refuses a non-loopback ``host`` unless
+            ``http_allow_remote`` is true.
     """
 
     def __init__(
@@ -109,6 +114,8 @@ class Hub:
         state_dir: Path | str | None = None,
         connection_host: str | None = None,
         max_packet_size: int = 512 * 1024,
+        http_port: int | None = None,  # service API (HTTPS)
+        http_allow_remote: bool = False,  # service API (HTTPS)
     ) -> None:
         self.hub_name = hub_name
         self.host = host
@@ -134,6 +141,10 @@ class Hub:
         self._start_error: BaseException | None = None
         self._expiry_timers: dict[DeviceConnection, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # --- service API (HTTPS): checks the address now, listens in _listen ---
+        self.http_port = http_port
+        self._service = None if http_port is None else ServiceAPI(
+            self, allow_remote=http_allow_remote)
 
     # ----------------------------------------------------------- lifecycle
 
@@ -225,8 +236,14 @@ class Hub:
                 lambda: DeviceConnection(self, ctx, websocket=True), self.host, self.ws_port)
             self._servers.append(ws)
             self.ws_port = ws.sockets[0].getsockname()[1]
+        # --- service API (HTTPS) ---
+        if self._service is not None and self.http_port is not None:
+            self.http_port = await self._service.start(self.http_port)
 
     async def _shutdown(self) -> None:
+        # --- service API (HTTPS) ---
+        if self._service is not None:
+            await self._service.stop()
         for state in self._devices.values():
             if state.connection is not None:
                 state.connection.close("the hub is stopping")

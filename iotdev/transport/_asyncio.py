@@ -121,6 +121,7 @@ class AsyncDriver:
         self._connected = False
         self._stopped = False
         self._supervisor: asyncio.Task[None] | None = None
+        self._connecting: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._rng = random.Random()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -143,6 +144,13 @@ class AsyncDriver:
         self._want_connected = True
         if self._connected:
             return
+        if self._connecting is not None and not self._connecting.done():
+            await asyncio.shield(self._connecting)  # one attempt, however many callers
+            return
+        self._connecting = asyncio.ensure_future(self._first_attempt())
+        await asyncio.shield(self._connecting)
+
+    async def _first_attempt(self) -> None:
         try:
             await self._attempt()
         except ClientError as exc:
@@ -221,6 +229,14 @@ class AsyncDriver:
         self._requests[pid] = fut
         self._flush_soon()
         return fut
+
+    async def reauthorize(self) -> None:
+        """Reconnect at once with fresh credentials, keeping the session."""
+        if self._proto is None:
+            return
+        self._goodbye()
+        self._close("reauthorizing with new credentials", report=True)
+        await self._attempt()
 
     async def disconnect(self) -> None:
         """Send DISCONNECT, close, stop reconnecting; waiting operations end

@@ -1,0 +1,403 @@
+"""``iotdev.aio.IoTHubDeviceClient``: the azure-iot-device v2 asyncio device
+API on the asyncio driver (no threads).  Handlers may be plain functions or
+coroutine functions; they run on the caller's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from iotdev_mqtt import MessageReceived
+
+from .. import _hub_topics as topics
+from .._errors import ClientError, NoConnectionError, OperationCancelled, OperationTimeout
+from .._hubclient import (
+    RENEW_MARGIN,
+    HubConfig,
+    TwinRequests,
+    build_config,
+    check_update_sastoken,
+    config_from_connection_string,
+    config_from_sastoken,
+    method_response_publish,
+    parse_incoming,
+    telemetry_publish,
+)
+from .._models import Message, MethodRequest, MethodResponse
+from ..transport._asyncio import AsyncDriver
+from ..transport._tls import X509
+
+__all__ = ["IoTHubDeviceClient"]
+
+log = logging.getLogger(__name__)
+
+
+def _feature_filter(feature: str, config: HubConfig) -> str:
+    if feature == "c2d":
+        return topics.c2d_subscribe_filter(config.device_id)
+    return {
+        "methods": "$iothub/methods/POST/#",
+        "twin_patches": "$iothub/twin/PATCH/properties/desired/#",
+        "twin": "$iothub/twin/res/#",
+    }[feature]
+
+
+class IoTHubDeviceClient:
+    """An asyncio IoT Hub device client (create it with a factory)."""
+
+    def __init__(self, config: HubConfig) -> None:
+        self._config = config
+        self._features: set[str] = set()
+        self._handlers: dict[str, Callable[..., Any] | None] = {}
+        self._inboxes: dict[str, asyncio.Queue[Any]] = {}
+        self._mode: dict[str, str] = {}
+        self._twin = TwinRequests()
+        self._twin_waiters: dict[str, asyncio.Future[Any]] = {}
+        self._last_desired_version: int | None = None
+        self._shutdown = False
+        self._renew_handle: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._driver = AsyncDriver(
+            config.endpoint(), config.connect_options(),
+            reconnect=config.reconnect_policy(),
+            on_message=self._on_message, on_state=self._on_state,
+            on_error=self._background, max_queued=config.max_queued_messages,
+        )
+
+    # ------------------------------------------------------------- factories
+
+    @classmethod
+    def create_from_connection_string(cls, connection_string: str,
+                                      **kwargs: Any) -> IoTHubDeviceClient:
+        return cls(config_from_connection_string(connection_string, **kwargs))
+
+    @classmethod
+    def create_from_sastoken(cls, sastoken: str, **kwargs: Any) -> IoTHubDeviceClient:
+        return cls(config_from_sastoken(sastoken, **kwargs))
+
+    @classmethod
+    def create_from_symmetric_key(cls, symmetric_key: str, hostname: str, device_id: str,
+                                  **kwargs: Any) -> IoTHubDeviceClient:
+        return cls(build_config(hostname=hostname, device_id=device_id,
+                                symmetric_key=symmetric_key, **kwargs))
+
+    @classmethod
+    def create_from_x509_certificate(cls, x509: X509, hostname: str, device_id: str,
+                                     **kwargs: Any) -> IoTHubDeviceClient:
+        if not isinstance(x509, X509):
+            raise TypeError("x509 must be an iotdev.X509")
+        return cls(build_config(hostname=hostname, device_id=device_id, x509=x509, **kwargs))
+
+    # ------------------------------------------------------------ connection
+
+    @property
+    def connected(self) -> bool:
+        return self._driver.connected
+
+    def _check_alive(self) -> None:
+        if self._shutdown:
+            raise ClientError("the client has been shut down")
+
+    async def _bounded(self, awaitable: Any, timeout: float | None, what: str) -> Any:
+        limit = self._config.operation_timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(limit):
+                return await awaitable
+        except TimeoutError:
+            raise OperationTimeout(f"{what} did not complete within {limit:g} s") from None
+
+    async def connect(self, *, timeout: float | None = None) -> None:
+        self._check_alive()
+        await self._bounded(self._driver.connect(), timeout, "connect")
+
+    async def _ensure_connected(self) -> None:
+        if self._driver.connected:
+            return
+        if not self._config.auto_connect:
+            raise NoConnectionError("not connected and auto_connect is False: call connect()")
+        await self.connect()
+
+    async def disconnect(self) -> None:
+        self._check_alive()
+        self._cancel_renewal()
+        await self._driver.disconnect()
+        self._fail_twin(OperationCancelled("disconnect() was called"))
+
+    async def shutdown(self) -> None:
+        if self._shutdown:
+            return
+        self._shutdown = True
+        self._cancel_renewal()
+        await self._driver.shutdown()
+        self._fail_twin(OperationCancelled("shutdown() was called"))
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def update_sastoken(self, sastoken: str) -> None:
+        self._check_alive()
+        check_update_sastoken(self._config, sastoken)
+        if self._driver.connected:
+            await self._driver.reauthorize()
+        self._schedule_renewal()
+
+    # ------------------------------------------------------------ operations
+
+    async def send_message(self, message: Any, *, timeout: float | None = None) -> None:
+        """Send telemetry (QoS 1; returns on PUBACK).  See the sync client."""
+        self._check_alive()
+        topic, body = telemetry_publish(self._config, message)
+        await self._ensure_connected()
+        await self._bounded(self._driver.publish(topic, body, 1, False), timeout,
+                            "send_message")
+
+    async def send_method_response(self, method_response: MethodResponse, *,
+                                   timeout: float | None = None) -> None:
+        self._check_alive()
+        topic, body = method_response_publish(method_response)
+        await self._ensure_connected()
+        await self._bounded(self._driver.publish(topic, body, 1, False), timeout,
+                            "send_method_response")
+
+    async def receive_message(self) -> Message:
+        """Deprecated (v2): the next cloud-to-device message."""
+        await self._api_mode("c2d")
+        message: Message = await self._inbox("c2d").get()
+        return message
+
+    async def receive_method_request(self, method_name: str | None = None) -> MethodRequest:
+        """Deprecated (v2): the next method request (of ``method_name``, or any)."""
+        await self._api_mode("methods")
+        box = self._inbox(f"method:{method_name}" if method_name else "method:*")
+        request: MethodRequest = await box.get()
+        return request
+
+    async def receive_twin_desired_properties_patch(self) -> Any:
+        await self._api_mode("twin_patches")
+        return await self._inbox("desired").get()
+
+    async def get_twin(self, *, timeout: float | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self._twin_request("GET", None, timeout)
+        return result
+
+    async def patch_twin_reported_properties(self, reported_properties_patch: dict[str, Any],
+                                             *, timeout: float | None = None) -> None:
+        if not isinstance(reported_properties_patch, dict):
+            raise TypeError("the reported properties patch must be a dict")
+        await self._twin_request("PATCH", reported_properties_patch, timeout)
+
+    async def _twin_request(self, kind: str, patch: Any, timeout: float | None) -> Any:
+        self._check_alive()
+        await self._ensure_connected()
+        await self._enable("twin")
+        rid, topic, body = self._twin.new(kind, patch)
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._twin_waiters[rid] = waiter
+        self._twin.pending[rid] = (topic, body, None)
+        _quiet(self._driver.publish(topic, body, 1, False))  # the response is what counts
+        try:
+            return await self._bounded(waiter, timeout, f"twin {kind}")
+        finally:
+            self._twin_waiters.pop(rid, None)
+            self._twin.pending.pop(rid, None)
+
+    def _fail_twin(self, error: BaseException) -> None:
+        for waiter in list(self._twin_waiters.values()):
+            if not waiter.done():
+                waiter.set_exception(error)
+
+    # -------------------------------------------------------------- handlers
+
+    def _handler_property(feature: str, key: str) -> Any:  # type: ignore[misc]
+        def getter(self: IoTHubDeviceClient) -> Callable[..., Any] | None:
+            return self._handlers.get(key)
+
+        def setter(self: IoTHubDeviceClient, handler: Callable[..., Any] | None) -> None:
+            self._check_alive()
+            if handler is not None and not callable(handler):
+                raise TypeError(f"{key} must be callable or None")
+            if feature and handler is not None:
+                if self._mode.get(feature) == "api":
+                    raise ClientError(f"cannot set {key}: the client is in receive-API mode "
+                                      "for this feature (v2's receive-mode lock)")
+                self._mode[feature] = "handler"
+            self._handlers[key] = handler
+            if feature and handler is not None:
+                self._spawn(self._enable(feature))
+                if feature == "twin_patches":
+                    self._spawn(self._enable("twin"))
+
+        return property(getter, setter)
+
+    on_message_received = _handler_property("c2d", "on_message_received")
+    on_method_request_received = _handler_property("methods", "on_method_request_received")
+    on_twin_desired_properties_patch_received = _handler_property(
+        "twin_patches", "on_twin_desired_properties_patch_received")
+    on_connection_state_change = _handler_property("", "on_connection_state_change")
+    on_new_sastoken_required = _handler_property("", "on_new_sastoken_required")
+    on_background_exception = _handler_property("", "on_background_exception")
+    del _handler_property
+
+    def _spawn(self, coro: Any) -> None:
+        try:
+            task = asyncio.get_running_loop().create_task(coro)
+        except RuntimeError:  # no loop yet: subscribed on connect
+            coro.close()
+            return
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._background(task.exception())  # type: ignore[arg-type]
+
+    async def _api_mode(self, feature: str) -> None:
+        self._check_alive()
+        if self._mode.get(feature) == "handler":
+            raise ClientError("cannot use the receive API: a handler is set for this feature "
+                              "(v2's receive-mode lock)")
+        self._mode[feature] = "api"
+        await self._enable(feature)
+        if feature == "twin_patches":
+            await self._enable("twin")
+
+    def _inbox(self, name: str) -> asyncio.Queue[Any]:
+        box = self._inboxes.get(name)
+        if box is None:
+            box = self._inboxes[name] = asyncio.Queue()
+        return box
+
+    async def _enable(self, feature: str) -> None:
+        if feature in self._features:
+            return
+        self._features.add(feature)
+        if self._driver.connected:
+            await self._subscribe([feature])
+        elif self._config.auto_connect and not self._shutdown:
+            await self.connect()
+
+    async def _subscribe(self, features: list[str]) -> None:
+        subs = [(_feature_filter(f, self._config), 1) for f in sorted(features)]
+        try:
+            await self._bounded(self._driver.subscribe(subs), None, "subscribe")
+        except Exception as exc:
+            self._background(exc)
+
+    # ------------------------------------------------------------------ events
+
+    def _on_message(self, message: MessageReceived) -> None:
+        parsed_twin = TwinRequests.parse_response(message)
+        if parsed_twin is not None:
+            status, rid, _ = parsed_twin
+            waiter = self._twin_waiters.get(rid)
+            if waiter is not None and not waiter.done():
+                try:
+                    waiter.set_result(TwinRequests.outcome(status, message.payload))
+                except Exception as exc:
+                    waiter.set_exception(exc)
+            return
+        try:
+            parsed = parse_incoming(self._config, message)
+        except ValueError as exc:
+            self._background(exc)
+            return
+        if parsed.kind == "c2d":
+            self._deliver("c2d", "on_message_received", "c2d", parsed.value)
+        elif parsed.kind == "method":
+            request: MethodRequest = parsed.value
+            if self._mode.get("methods") == "api":
+                named = self._inboxes.get(f"method:{request.name}")
+                (named or self._inbox("method:*")).put_nowait(request)
+            else:
+                self._call("on_method_request_received", request)
+        elif parsed.kind == "desired":
+            patch = parsed.value
+            if isinstance(patch, dict) and isinstance(patch.get("$version"), int):
+                self._last_desired_version = patch["$version"]
+            self._deliver("twin_patches", "on_twin_desired_properties_patch_received",
+                          "desired", patch)
+
+    def _deliver(self, feature: str, handler: str, inbox: str, value: Any) -> None:
+        if self._mode.get(feature) == "api":
+            self._inbox(inbox).put_nowait(value)
+        else:
+            self._call(handler, value)
+
+    def _call(self, name: str, *args: Any) -> None:
+        handler = self._handlers.get(name)
+        if handler is None:
+            return
+        try:
+            result = handler(*args)
+        except Exception as exc:
+            log.exception("%s raised", name)
+            self._background(exc)
+            return
+        if inspect.isawaitable(result):
+            self._spawn(result)
+
+    def _background(self, exc: BaseException) -> None:
+        handler = self._handlers.get("on_background_exception")
+        if handler is not None:
+            try:
+                result = handler(exc)
+                if inspect.isawaitable(result):
+                    self._spawn(result)
+            except Exception:
+                log.exception("on_background_exception raised")
+
+    def _on_state(self, connected: bool, reason: str | None) -> None:
+        self._call("on_connection_state_change")
+        if connected:
+            self._spawn(self._after_connect())
+
+    async def _after_connect(self) -> None:
+        self._schedule_renewal()
+        if self._features:
+            await self._subscribe(list(self._features))
+        for topic, body, _ in list(self._twin.pending.values()):
+            _quiet(self._driver.publish(topic, body, 1, False))
+        if self._config.ensure_desired_properties and "twin_patches" in self._features:
+            try:
+                twin = await self.get_twin()
+            except Exception as exc:
+                self._background(exc)
+                return
+            desired = twin.get("desired", {}) if isinstance(twin, dict) else {}
+            version = desired.get("$version")
+            if version != self._last_desired_version:
+                self._last_desired_version = version
+                self._deliver("twin_patches", "on_twin_desired_properties_patch_received",
+                              "desired", desired)
+
+    # ------------------------------------------------------------ SAS renewal
+
+    def _schedule_renewal(self) -> None:
+        self._cancel_renewal()
+        expiry = self._config.token_expiry
+        if expiry is None or self._shutdown:
+            return
+        delay = max(1.0, expiry - RENEW_MARGIN - time.time())
+        self._renew_handle = asyncio.get_running_loop().call_later(delay, self._renew)
+
+    def _cancel_renewal(self) -> None:
+        if self._renew_handle is not None:
+            self._renew_handle.cancel()
+            self._renew_handle = None
+
+    def _renew(self) -> None:
+        if self._shutdown:
+            return
+        if self._config.symmetric_key is not None:
+            self._spawn(self._driver.reauthorize())
+        else:
+            self._call("on_new_sastoken_required")
+
+
+def _quiet(fut: asyncio.Future[Any]) -> None:
+    """Retrieve a future's exception so that asyncio does not log it."""
+    fut.add_done_callback(lambda f: f.cancelled() or f.exception())
