@@ -47,6 +47,7 @@ from iotdev_mqtt import (
     Session,
     State,
     SubscribeReceived,
+    UnsubscribeReceived,
 )
 
 from .. import _hub_topics as topics
@@ -401,6 +402,11 @@ class Hub:
             self._on_subscribe(conn, event)
         elif isinstance(event, PublishAcked):
             self._on_acked(conn, event)
+        elif isinstance(event, UnsubscribeReceived):
+            state = self._devices.get(conn.device_id or "")
+            if state is not None:
+                for topic_filter in event.topic_filters:
+                    state.subscriptions.pop(topic_filter, None)
         elif isinstance(event, ClientDisconnected | ConnectionLost):
             pass  # the connection closes; _on_closed cleans up
 
