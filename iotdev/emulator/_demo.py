@@ -1,9 +1,8 @@
 """``make demo``: the emulator and a sample device in one process, narrated.
 
-The device side is written with the generic MQTT client speaking IoT Hub's
-topics (until the IoT Hub device client lands); the service side uses the
-``Hub`` API.  Everything runs on loopback with free ports and a throwaway
-state folder, and stops cleanly.
+The device side is written with ``iotdev.IoTHubDeviceClient``, exactly as an
+application would be; the service side uses the ``Hub`` API.  Everything runs
+on loopback with free ports and a throwaway state folder, and stops cleanly.
 """
 
 from __future__ import annotations
@@ -14,10 +13,8 @@ import threading
 import time
 from typing import Any
 
-from iotdev_mqtt import MessageReceived
-
-from .._auth import device_resource_uri, generate_sas_token
-from ..mqtt import MQTTClient
+from .._models import Message, MethodRequest, MethodResponse
+from .._sync_client import IoTHubDeviceClient
 from ._hub import Hub
 
 __all__ = ["run_demo"]
@@ -39,30 +36,25 @@ def run_demo(seconds_of_telemetry: float = 2.0) -> int:
                     f"{hub.connection_string('thermostat-1').split(';SharedAccessKey=')[0]}"
                     ";SharedAccessKey=<hidden>")
         assert device.primary_key is not None
-        token = generate_sas_token(device_resource_uri(hub.hub_name, device.device_id),
-                                   device.primary_key, int(time.time() + 3600))
-        events = _SampleDevice()
-        client = MQTTClient(
-            "localhost", hub.mqtt_port, client_id=device.device_id, transport="tls",
-            username=f"{hub.hub_name}/{device.device_id}/?api-version=2021-04-12",
-            password=token, server_verification_cert=hub.ca_pem, clean_session=False,
-            on_message=events.on_message)
-        events.client = client
+        device_client = IoTHubDeviceClient.create_from_connection_string(
+            hub.connection_string(device.device_id), server_verification_cert=hub.ca_pem,
+            port=hub.mqtt_port)
+        sample = _SampleDevice(device_client)
+        device_client.on_method_request_received = sample.on_method
+        device_client.on_twin_desired_properties_patch_received = sample.on_desired
+        device_client.on_message_received = sample.on_c2d
         try:
-            client.connect(timeout=10)
-            _say("device", "connected over TLS with a SAS token")
-            client.subscribe([("devices/thermostat-1/messages/devicebound/#", 1),
-                              ("$iothub/methods/POST/#", 1), ("$iothub/twin/res/#", 1),
-                              ("$iothub/twin/PATCH/properties/desired/#", 1)], timeout=10)
+            device_client.connect()
+            _say("device", "connected with IoTHubDeviceClient (MQTT over TLS, SAS token)")
             deadline = time.monotonic() + seconds_of_telemetry
             n = 0
             while time.monotonic() < deadline or n < 3:
                 n += 1
-                body = json.dumps({"temperature": 20.0 + n / 2}).encode()
-                client.publish("devices/thermostat-1/messages/events/"
-                               "%24.ct=application%2Fjson&%24.ce=utf-8", body, 1).result(10)
-                _say("device", f"sent telemetry {body.decode()}")
-                (arrived, *_) = hub.wait_for_telemetry("thermostat-1", n, timeout=10)[-1:]
+                body = json.dumps({"temperature": 20.0 + n / 2})
+                device_client.send_message(Message(body, content_type="application/json",
+                                                   content_encoding="utf-8"))
+                _say("device", f"sent telemetry {body}")
+                arrived = hub.wait_for_telemetry("thermostat-1", n, timeout=10)[-1]
                 _say("hub", f"received telemetry {arrived.body.decode()} "
                             f"(content type {arrived.system_properties.get('$.ct')})")
                 time.sleep(0.5)  # the demo's own pace, for a human reader
@@ -71,47 +63,44 @@ def run_demo(seconds_of_telemetry: float = 2.0) -> int:
                         f"payload {json.dumps(result.payload)}")
             hub.patch_desired("thermostat-1", {"targetTemperature": 21.5})
             _say("hub", "desired property targetTemperature = 21.5")
-            if not events.reported.wait(10):
+            if not sample.reported.wait(10):
                 _say("hub", "no reported answer from the device")
                 return 1
             twin = hub.get_twin("thermostat-1")["properties"]["reported"]
             _say("hub", f"device reported: {json.dumps(twin)}")
             hub.send_c2d("thermostat-1", "please recalibrate", message_id="c2d-1")
-            if not events.c2d.wait(10):
+            if not sample.c2d.wait(10):
                 _say("hub", "the cloud-to-device message was not received")
                 return 1
-            client.disconnect()
+            device_client.disconnect()
             _say("device", "disconnected")
         finally:
-            client.shutdown()
+            device_client.shutdown()
     _say("hub", "stopped. Everything ran locally, no account needed.")
     return 0
 
 
 class _SampleDevice:
-    """The device's handlers: answer methods, report desired changes, show C2D."""
+    """The device's handlers (they run on the client's handler thread)."""
 
-    def __init__(self) -> None:
-        self.client: Any = None
+    def __init__(self, client: IoTHubDeviceClient) -> None:
+        self.client = client
         self.reported = threading.Event()
         self.c2d = threading.Event()
 
-    def on_message(self, message: MessageReceived) -> None:
-        topic = message.topic
-        if topic.startswith("$iothub/methods/POST/"):
-            name = topic.split("/")[3]
-            rid = topic.split("$rid=")[1]
-            _say("device", f"method {name} called with {message.payload.decode()}")
-            self.client.publish(f"$iothub/methods/res/200/?$rid={rid}",
-                                json.dumps({"result": f"{name} done"}).encode(), 1)
-        elif topic.startswith("$iothub/twin/PATCH/properties/desired/"):
-            patch = json.loads(message.payload)
-            _say("device", f"desired properties changed: {json.dumps(patch)}")
-            reported = {"targetTemperature": patch.get("targetTemperature"), "ack": "applied"}
-            self.client.publish("$iothub/twin/PATCH/properties/reported/?$rid=1",
-                                json.dumps(reported).encode(), 1)
-        elif topic.startswith("$iothub/twin/res/204/"):
+    def on_method(self, request: MethodRequest) -> None:
+        _say("device", f"method {request.name} called with {json.dumps(request.payload)}")
+        self.client.send_method_response(MethodResponse.create_from_method_request(
+            request, 200, {"result": f"{request.name} done"}))
+
+    def on_desired(self, patch: Any) -> None:
+        _say("device", f"desired properties: {json.dumps(patch)}")
+        if "targetTemperature" in patch:
+            self.client.patch_twin_reported_properties(
+                {"targetTemperature": patch["targetTemperature"], "ack": "applied"})
             self.reported.set()
-        elif "/messages/devicebound/" in topic:
-            _say("device", f"cloud-to-device message: {message.payload.decode()!r}")
-            self.c2d.set()
+
+    def on_c2d(self, message: Message) -> None:
+        _say("device", f"cloud-to-device message: {message.data.decode()!r} "
+                       f"(id {message.message_id})")
+        self.c2d.set()
