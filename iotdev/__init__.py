@@ -7,6 +7,8 @@ I/O layer; ``iotdev.emulator`` is a local IoT Hub.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._errors import (
     ClientError,
     ConnectionDroppedError,
@@ -27,7 +29,18 @@ from ._errors import (
 )
 from ._models import Message, MethodRequest, MethodResponse
 from ._sync_client import IoTHubDeviceClient
-from .transport import X509, ProxyOptions
+from .transport import X509
+
+if TYPE_CHECKING:
+    from .transport._proxy import ProxyOptions
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ProxyOptions":  # loads h11 only for proxy users
+        from .transport._proxy import ProxyOptions
+
+        return ProxyOptions
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "X509",

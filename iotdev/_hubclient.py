@@ -25,7 +25,6 @@ from ._errors import ClientError, ServiceError
 from ._models import Message, MethodRequest, MethodResponse
 from .transport._endpoint import Endpoint
 from .transport._options import ConnectOptions, Credentials, ReconnectPolicy
-from .transport._proxy import ProxyOptions
 from .transport._tls import X509, make_client_context
 
 __all__ = ["HubConfig", "ParsedIncoming", "build_config"]
@@ -59,7 +58,7 @@ class HubConfig:
     websockets: bool = False
     cipher: str | list[str] = ""
     product_info: str = ""
-    proxy_options: ProxyOptions | None = None
+    proxy_options: Any = None  # a ProxyOptions
     sastoken_ttl: int = 3600
     keep_alive: int = 60
     auto_connect: bool = True
@@ -127,8 +126,11 @@ def _check_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     if cipher is not None and not isinstance(cipher, str | list):
         raise TypeError("Invalid type for 'cipher'")
     proxy = kwargs.get("proxy_options")
-    if proxy is not None and not isinstance(proxy, ProxyOptions):
-        raise TypeError("proxy_options must be a ProxyOptions")
+    if proxy is not None:
+        from .transport._proxy import ProxyOptions
+
+        if not isinstance(proxy, ProxyOptions):
+            raise TypeError("proxy_options must be a ProxyOptions")
     for name, low, high in (("sastoken_ttl", 1, None), ("keep_alive", 1, 1740),
                             ("connection_retry_interval", 1, None), ("port", 1, 65535),
                             ("max_queued_messages", 0, None)):

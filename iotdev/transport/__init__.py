@@ -3,10 +3,26 @@ that own sockets, threads and event loops."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._layer import Layer, Stack
-from ._proxy import ProxyOptions
 from ._tls import X509, TLSLayer, make_client_context
-from ._ws import WebSocketLayer, WebSocketServerLayer
+
+if TYPE_CHECKING:
+    from ._proxy import ProxyOptions
+    from ._ws import WebSocketLayer, WebSocketServerLayer
+
+# h11 and wsproto load only when a proxy or a WebSocket is used.
+_LAZY = {"ProxyOptions": "._proxy", "WebSocketLayer": "._ws", "WebSocketServerLayer": "._ws"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module, __name__), name)
 
 __all__ = [
     "X509",
