@@ -30,7 +30,7 @@ def test_serve_prints_connection_strings_and_stops_on_sigterm(tmp_path: Path) ->
     state = tmp_path / "state"
     proc = subprocess.Popen(
         [sys.executable, "-m", "iotdev.emulator", "serve", "--mqtt-port", "0", "--ws-port",
-         "0", "--state", str(state), "--device", "dev1", "--device",
+         "0", "--http-port", "-1", "--state", str(state), "--device", "dev1", "--device",
          "dev2:" + "a2V5LWZvci1kZXYyLXRoYXQtaXMtMzItYnl0ZXMhIQ=="],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []

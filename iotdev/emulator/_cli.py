@@ -1,19 +1,50 @@
-"""``iotdev-hub`` / ``python -m iotdev.emulator``: run the local IoT Hub.
+"""``iotdev-hub`` / ``python -m iotdev.emulator``: run the local IoT Hub, and
+talk to a running one through its HTTPS service API.
 
     iotdev-hub serve --state ./hub --device thermostat-1 --device sensor-2:<base64 key>
     iotdev-hub demo
+
+    iotdev-hub devices
+    iotdev-hub twin thermostat-1
+    iotdev-hub desired thermostat-1 '{"rate": 5}'
+    iotdev-hub invoke thermostat-1 reboot '{"delay": 5}' --timeout 10
+    iotdev-hub c2d thermostat-1 'hello' --message-id m1 --property k=v
+    iotdev-hub telemetry [thermostat-1] [--follow]
+
+The client subcommands take ``--url`` (default ``https://127.0.0.1:8443``,
+what ``serve`` listens on by default) and ``--ca`` (default
+``./iotdev-hub-state/ca.pem``, what ``serve`` writes by default), and use only
+the standard library.  Exit codes: 0 done, 1 the service answered an error
+(its status and message are printed), 2 a usage or connection error.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import http.client
+import json
 import shutil
 import signal
+import ssl
 import sys
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import quote, urlencode, urlsplit
 
 __all__ = ["main"]
+
+DEFAULT_STATE = Path("iotdev-hub-state")
+DEFAULT_HTTP_PORT = 8443
+DEFAULT_URL = f"https://127.0.0.1:{DEFAULT_HTTP_PORT}"
+HTTP_TIMEOUT = 30.0
+FOLLOW_WAIT = 20.0
+
+_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+                   "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,13 +57,49 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--mqtt-port", type=int, default=8883, help="MQTT over TLS")
     serve.add_argument("--ws-port", type=int, default=443,
                        help="MQTT over TLS WebSocket (0: a free port, -1: off)")
-    serve.add_argument("--http-port", type=int, default=None,
-                       help="HTTPS service and file-upload API (not yet)")
-    serve.add_argument("--state", type=Path, default=Path("iotdev-hub-state"),
+    serve.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT,
+                       help="HTTPS service API, no authentication (default "
+                       f"{DEFAULT_HTTP_PORT}; 0: a free port, -1: off)")
+    serve.add_argument("--http-allow-remote", action="store_true",
+                       help="serve the unauthenticated service API on a non-loopback --host")
+    serve.add_argument("--state", type=Path, default=DEFAULT_STATE,
                        help="state folder (CA, certificates, registry, twins)")
     serve.add_argument("--device", action="append", default=[], metavar="ID[:KEY]",
                        help="register a device (repeatable); a missing key is generated")
     sub.add_parser("demo", help="the emulator and a sample device, narrated (make demo)")
+
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("--url", default=DEFAULT_URL,
+                        help=f"the running emulator's service API (default {DEFAULT_URL})")
+    client.add_argument("--ca", type=Path, default=DEFAULT_STATE / "ca.pem",
+                        help="its CA certificate (default ./iotdev-hub-state/ca.pem)")
+    c2d = sub.add_parser("c2d", parents=[client], help="send a cloud-to-device message")
+    c2d.add_argument("device")
+    c2d.add_argument("body", help="the message (text; '-' reads bytes from stdin)")
+    c2d.add_argument("--message-id")
+    c2d.add_argument("--correlation-id")
+    c2d.add_argument("--property", action="append", default=[], metavar="K=V",
+                     help="an application property (repeatable; names are lower-cased)")
+    c2d.add_argument("--ack", choices=["none", "positive", "negative", "full"])
+    invoke = sub.add_parser("invoke", parents=[client], help="call a direct method")
+    invoke.add_argument("device")
+    invoke.add_argument("method")
+    invoke.add_argument("payload", nargs="?", default=None, metavar="PAYLOAD_JSON")
+    invoke.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                        help="seconds to wait for the device's answer (default 30)")
+    twin = sub.add_parser("twin", parents=[client], help="show a device twin")
+    twin.add_argument("device")
+    desired = sub.add_parser("desired", parents=[client], help="patch desired properties")
+    desired.add_argument("device")
+    desired.add_argument("patch", metavar="PATCH_JSON")
+    telemetry = sub.add_parser("telemetry", parents=[client],
+                               help="print telemetry, one JSON object a line")
+    telemetry.add_argument("device", nargs="?", default=None)
+    telemetry.add_argument("--follow", "-f", action="store_true",
+                           help="keep printing new messages until interrupted")
+    telemetry.add_argument("--since", type=float, default=None, metavar="EPOCH",
+                           help="from this time (default: everything, or now with --follow)")
+    sub.add_parser("devices", parents=[client], help="list the registered devices")
     return parser
 
 
@@ -42,14 +109,31 @@ def main(argv: list[str] | None = None) -> int:
         from ._demo import run_demo
 
         return run_demo()
-    return _serve(args)
+    if args.command == "serve":
+        return _serve(args)
+    try:
+        client = _ServiceClient(args.url, args.ca)
+        return _COMMANDS[args.command](client, args)
+    except _UsageError as exc:
+        print(f"iotdev-hub {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except _ServiceFailure as exc:
+        print(f"iotdev-hub {args.command}: {exc.status} {exc.reason}: {exc.message}",
+              file=sys.stderr)
+        return 1
 
 
 def _serve(args: argparse.Namespace) -> int:
     from ._hub import Hub
 
-    hub = Hub(hub_name=args.hub_name, host=args.host, mqtt_port=args.mqtt_port,
-              ws_port=None if args.ws_port == -1 else args.ws_port, state_dir=args.state)
+    try:
+        hub = Hub(hub_name=args.hub_name, host=args.host, mqtt_port=args.mqtt_port,
+                  ws_port=None if args.ws_port == -1 else args.ws_port, state_dir=args.state,
+                  http_port=None if args.http_port == -1 else args.http_port,
+                  http_allow_remote=args.http_allow_remote)
+    except ValueError as exc:
+        print(f"iotdev-hub: {exc}", file=sys.stderr)
+        return 2
     for spec in args.device:
         device_id, _, key = spec.partition(":")
         if hub.store.device(device_id) is None:
@@ -67,6 +151,10 @@ def _serve(args: argparse.Namespace) -> int:
         shutil.copyfile(hub.ca_path, ca)
     print(f"iotdev-hub: MQTT/TLS on {args.host}:{hub.mqtt_port}"
           + (f", MQTT/WebSocket on {args.host}:{hub.ws_port}" if hub.ws_port else ""))
+    if hub.http_port is not None:
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        print(f"iotdev-hub: service API on https://{host}:{hub.http_port} "
+              "(no authentication)")
     print(f"iotdev-hub: CA certificate (server_verification_cert): {ca}")
     for device in hub.store.devices():
         if device.primary_key:
@@ -77,3 +165,258 @@ def _serve(args: argparse.Namespace) -> int:
     hub.stop()
     print("iotdev-hub: stopped")
     return 0
+
+
+# ---------------------------------------------------------------- the client
+
+
+class _UsageError(Exception):
+    """Bad arguments, or the emulator cannot be reached: exit code 2."""
+
+
+class _ServiceFailure(Exception):
+    """The service answered an error status: exit code 1."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class _ServiceClient:
+    """``http.client`` over TLS verified with the emulator's CA; one keep-alive
+    connection, opened on first use."""
+
+    def __init__(self, url: str, ca: Path) -> None:
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if parts.scheme != "https" or not parts.hostname or port == -1:
+            raise _UsageError(f"--url {url!r}: expected https://HOST[:PORT]")
+        self.url = url
+        self.host = parts.hostname
+        self.port = port or 443
+        self.prefix = parts.path.rstrip("/")
+        if not ca.is_file():
+            raise _UsageError(f"CA certificate {ca} not found: start `iotdev-hub serve` "
+                              "(it writes STATE/ca.pem) or pass --ca")
+        try:
+            self.context = ssl.create_default_context(cafile=str(ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise _UsageError(f"CA certificate {ca} is not usable: {exc}") from None
+        self._conn: http.client.HTTPSConnection | None = None
+
+    def request(self, method: str, path: str, *, body: bytes | None = None,
+                document: Any = None, headers: dict[str, bytes | str] | None = None,
+                query: dict[str, str] | None = None, timeout: float = HTTP_TIMEOUT) -> Any:
+        """Send a request; the JSON answer (``None`` when empty).
+
+        Raises:
+            _UsageError: no connection, or the certificate did not verify.
+            _ServiceFailure: an error status.
+        """
+        all_headers: dict[str, bytes | str] = {"accept": "application/json", **(headers or {})}
+        if document is not None:
+            body = json.dumps(document).encode("utf-8")
+            all_headers["content-type"] = "application/json; charset=utf-8"
+        target = self.prefix + path + "?" + urlencode({"api-version": "2021-04-12",
+                                                       **(query or {})})
+        for attempt in (0, 1):
+            reused = self._conn is not None
+            conn = self._connection(timeout)
+            try:
+                conn.request(method, target, body=body, headers=all_headers)
+                response = conn.getresponse()
+                data = response.read()
+            except ssl.SSLCertVerificationError as exc:
+                self.close()
+                raise _UsageError(f"the certificate of {self.url} did not verify with the "
+                                  f"given CA: {exc.verify_message or exc}") from None
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                if reused and attempt == 0 and method == "GET":
+                    continue  # the server closed an idle keep-alive connection
+                raise _UsageError(f"cannot reach the emulator at {self.url}: "
+                                  f"{exc or type(exc).__name__}") from None
+            if response.will_close:
+                self.close()
+            break
+        if response.status >= 400:
+            raise _ServiceFailure(response.status, response.reason, _error_message(data))
+        if not data:
+            return None
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise _UsageError(f"{self.url} answered something that is not JSON") from None
+
+    def _connection(self, timeout: float) -> http.client.HTTPSConnection:
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = http.client.HTTPSConnection(
+                self.host, self.port, context=self.context, timeout=timeout)
+        else:
+            conn.timeout = timeout
+            if conn.sock is not None:
+                conn.sock.settimeout(timeout)
+        return conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _error_message(data: bytes) -> str:
+    try:
+        document = json.loads(data)
+        message = str(document["Message"])
+    except (ValueError, KeyError, TypeError):
+        return data.decode("utf-8", "replace").strip() or "(no message)"
+    return message
+
+
+def _path(*segments: str) -> str:
+    return "".join("/" + quote(segment, safe="") for segment in segments)
+
+
+def _json_argument(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise _UsageError(f"{what} is not valid JSON: {exc}") from None
+
+
+def _show(document: Any) -> None:
+    print(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+# ---------------------------------------------------------------- subcommands
+
+
+def _c2d(client: _ServiceClient, args: argparse.Namespace) -> int:
+    body = sys.stdin.buffer.read() if args.body == "-" else args.body.encode("utf-8")
+    headers: dict[str, bytes | str] = {"content-type": "application/octet-stream"}
+    if args.message_id is not None:
+        headers["iothub-messageid"] = args.message_id.encode("utf-8")
+    if args.correlation_id is not None:
+        headers["iothub-correlationid"] = args.correlation_id.encode("utf-8")
+    if args.ack is not None:
+        headers["iothub-ack"] = args.ack
+    for spec in args.property:
+        name, sep, value = spec.partition("=")
+        if not sep or not name or not set(name) <= _TCHAR:
+            raise _UsageError(f"--property {spec!r}: expected NAME=VALUE, the name made "
+                              "of letters, digits and !#$%&'*+-.^_`|~")
+        headers[f"iothub-app-{name}"] = value.encode("utf-8")
+    result = client.request("POST", _path("devices", args.device, "messages", "deviceBound"),
+                            body=body, headers=headers)
+    print(f"sent message {result['messageId']} to {args.device}")
+    return 0
+
+
+def _invoke(client: _ServiceClient, args: argparse.Namespace) -> int:
+    payload = None if args.payload is None else _json_argument(args.payload, "PAYLOAD_JSON")
+    if not 0 < args.timeout <= 300:
+        raise _UsageError("--timeout must be over 0 and at most 300 seconds")
+    result = client.request("POST", _path("twins", args.device, "methods"), document={
+        "methodName": args.method, "payload": payload,
+        "responseTimeoutInSeconds": args.timeout}, timeout=args.timeout + 15)
+    _show(result)
+    return 0
+
+
+def _twin(client: _ServiceClient, args: argparse.Namespace) -> int:
+    _show(client.request("GET", _path("twins", args.device)))
+    return 0
+
+
+def _desired(client: _ServiceClient, args: argparse.Namespace) -> int:
+    patch = _json_argument(args.patch, "PATCH_JSON")
+    if not isinstance(patch, dict):
+        raise _UsageError("PATCH_JSON must be a JSON object")
+    _show(client.request("PATCH", _path("twins", args.device),
+                         document={"properties": {"desired": patch}}))
+    return 0
+
+
+def _devices(client: _ServiceClient, args: argparse.Namespace) -> int:
+    devices = client.request("GET", "/devices")
+    width = max([len("DEVICE"), *(len(d["deviceId"]) for d in devices)])
+    print(f"{'DEVICE':<{width}}  {'STATUS':<8}  {'CONNECTION':<12}  AUTH  C2D PENDING")
+    for device in devices:
+        print(f"{device['deviceId']:<{width}}  {device['status']:<8}  "
+              f"{device['connectionState']:<12}  {device['authentication']['type']:<4}  "
+              f"{device['cloudToDeviceMessageCount']}")
+    return 0
+
+
+def _telemetry(client: _ServiceClient, args: argparse.Namespace) -> int:
+    path = _path("devices", args.device, "messages", "events") if args.device \
+        else "/messages/events"
+    if not args.follow:
+        query = {} if args.since is None else {"since": repr(args.since)}
+        for message in client.request("GET", path, query=query):
+            _print_message(message)
+        return 0
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        for message in _follow(client, path, time.time() if args.since is None
+                               else args.since):
+            _print_message(message)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _interrupt(*_: object) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+def _follow(client: _ServiceClient, path: str, since: float) -> Iterator[dict[str, Any]]:
+    """Long-poll for messages at or after ``since``, forever.  Messages that
+    share the last seen ``enqueuedTime`` come again in the next answer; they
+    come first (arrival order), so the ones already printed are skipped."""
+    seen_at_since = 0
+    while True:
+        messages = client.request("GET", path, query={
+            "since": repr(since), "wait": f"{FOLLOW_WAIT:g}"}, timeout=FOLLOW_WAIT + 15)
+        skip = seen_at_since
+        for message in messages:
+            enqueued = float(message["enqueuedTime"])
+            if skip and enqueued == since:
+                skip -= 1
+                continue
+            if enqueued > since:
+                since, seen_at_since = enqueued, 0
+            if enqueued == since:
+                seen_at_since += 1
+            yield message
+
+
+def _print_message(message: dict[str, Any]) -> None:
+    body = base64.b64decode(message["body"])
+    line: dict[str, Any] = {"deviceId": message["deviceId"]}
+    if message.get("moduleId"):
+        line["moduleId"] = message["moduleId"]
+    line["enqueuedTimeUtc"] = message["enqueuedTimeUtc"]
+    line["systemProperties"] = message["systemProperties"]
+    line["properties"] = message["properties"]
+    try:
+        line["body"] = body.decode("utf-8")
+    except UnicodeDecodeError:
+        line["bodyBase64"] = message["body"]
+    print(json.dumps(line, ensure_ascii=False), flush=True)
+
+
+_COMMANDS = {
+    "c2d": _c2d,
+    "invoke": _invoke,
+    "twin": _twin,
+    "desired": _desired,
+    "telemetry": _telemetry,
+    "devices": _devices,
+}

@@ -614,10 +614,18 @@ class HTTPConnection(asyncio.Protocol):
                 self._head = event
                 self._body.clear()
                 length = _content_length(event)
+                if _head_size(event) > MAX_HEAD:  # h11 only bounds an incomplete head
+                    self._respond(error_response(ServiceError(
+                        431, "RequestHeaderFieldsTooLarge",
+                        f"the request line and headers are over {MAX_HEAD} bytes")),
+                        close=True)
+                    self.close("answered 431")
+                    return
                 if length is not None and length > MAX_BODY:
                     self._too_large(length)
                 elif self.h11.they_are_waiting_for_100_continue:
-                    self._send_raw(h11.InformationalResponse(status_code=100, headers=[]))
+                    self._send_raw(h11.InformationalResponse(status_code=100, headers=[],
+                                                             reason=b"Continue"))
             elif isinstance(event, h11.Data):
                 if self._discarded is not None:
                     self._discarded += len(event.data)
@@ -795,6 +803,12 @@ def _content_length(head: h11.Request) -> int | None:
         if name == b"content-length":
             return int(value)  # h11 has checked it is a number
     return None
+
+
+def _head_size(head: h11.Request) -> int:
+    """About the size of the request line and headers on the wire."""
+    return len(head.method) + len(head.target) + 12 + sum(
+        len(name) + len(value) + 4 for name, value in head.headers)
 
 
 def _member(document: dict[str, Any], name: str) -> dict[str, Any]:
