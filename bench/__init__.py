@@ -24,7 +24,8 @@ from __future__ import annotations
 # Display order of the figures; registered figures not listed here come after.
 FIGURE_ORDER: tuple[str, ...] = (
     "codec", "engine-pair", "engine-pair-sync", "tls-sync-1by1", "tls-pipelined-sync",
-    "tls-pipelined-asyncio", "wss-pipelined-asyncio",
+    "tls-pipelined-asyncio", "wss-pipelined-asyncio", "device-send-sync", "device-send-asyncio",
+    "c2d-latency", "import", "rss-threads",
 )
 
 # Figures that are planned but may not exist yet: ``--only NAME`` on one of

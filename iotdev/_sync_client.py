@@ -65,7 +65,6 @@ class IoTHubDeviceClient:
         self._lock = threading.Lock()
         self._last_desired_version: int | None = None
         self._shutdown = False
-        self._renew_timer: threading.Timer | None = None
         self._driver = ThreadDriver(
             config.endpoint(), config.connect_options(),
             reconnect=config.reconnect_policy(),
@@ -407,44 +406,59 @@ class IoTHubDeviceClient:
 
     def _refresh_desired(self) -> None:
         """After (re)connecting: deliver the desired document if its version
-        moved past the last one delivered (v2's ensure_desired_properties)."""
-        def run() -> None:
-            try:
-                twin = self.get_twin()
-            except Exception as exc:
-                self._background(exc)
-                return
-            desired = twin.get("desired", {}) if isinstance(twin, dict) else {}
-            version = desired.get("$version")
-            if version != self._last_desired_version:
-                self._last_desired_version = version
-                self._deliver("twin_patches", "on_twin_desired_properties_patch_received",
-                              "desired", desired)
+        moved past the last one delivered (v2's ensure_desired_properties).
+        The GET's answer arrives on the I/O thread and is handed to the
+        handler thread, so no extra thread is needed."""
+        rid, topic, body = self._twin.new("GET")
+        waiter = Completion()
+        with self._lock:
+            self._twin_waiters[rid] = waiter
+            self._twin.pending[rid] = (topic, body, None)
 
-        threading.Thread(target=run, name="iotdev-desired", daemon=True).start()
+        def answered(done: Completion) -> None:
+            with self._lock:
+                self._twin_waiters.pop(rid, None)
+                self._twin.pending.pop(rid, None)
+            self._driver.dispatch(lambda: self._apply_desired(done))
+
+        waiter.add_done_callback(answered)
+        self._driver.publish(topic, body, 1, False)
+
+    def _apply_desired(self, done: Completion) -> None:
+        error = done.exception(0)
+        if error is not None:
+            self._background(error)
+            return
+        twin = done.result(0)
+        desired = twin.get("desired", {}) if isinstance(twin, dict) else {}
+        version = desired.get("$version")
+        if version != self._last_desired_version:
+            self._last_desired_version = version
+            self._deliver("twin_patches", "on_twin_desired_properties_patch_received",
+                          "desired", desired)
 
     # ------------------------------------------------------------ SAS renewal
 
     def _schedule_renewal(self) -> None:
-        self._cancel_renewal()
+        """Renew (own key) or ask for a token 120 s before the current one
+        expires; the timer lives in the I/O thread (no thread of its own)."""
         expiry = self._config.token_expiry
         if expiry is None or self._shutdown:
             return
         delay = max(1.0, expiry - RENEW_MARGIN - time.time())
-        timer = threading.Timer(delay, self._renew)
-        timer.daemon = True
-        self._renew_timer = timer
-        timer.start()
+        self._driver.set_timer("sas-renewal", time.monotonic() + delay, self._renew)
 
     def _cancel_renewal(self) -> None:
-        if self._renew_timer is not None:
-            self._renew_timer.cancel()
-            self._renew_timer = None
+        try:
+            self._driver.set_timer("sas-renewal", None, self._renew)
+        except ClientError:
+            pass  # the driver is already shut down
 
     def _renew(self) -> None:
+        """I/O thread: reconnect with a fresh token, or ask the application."""
         if self._shutdown:
             return
         if self._config.symmetric_key is not None:
             self._driver.reauthorize()  # a fresh token is generated for the new CONNECT
         else:
-            self._call("on_new_sastoken_required")
+            self._driver.dispatch(lambda: self._call("on_new_sastoken_required"))

@@ -206,6 +206,7 @@ class ThreadDriver:
         self._connected = False
         self._ever_connected = False
         self._rng = random.Random()
+        self._timers: dict[str, tuple[float, Callable[[], None]]] = {}
         self._thread = threading.Thread(target=self._run, name="iotdev-io", daemon=True)
         self._handlers: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._handler_thread: threading.Thread | None = None
@@ -231,6 +232,21 @@ class ThreadDriver:
         fut = Completion()
         self._submit(lambda: self._cmd_connect(fut))
         return fut
+
+    def set_timer(self, name: str, when: float | None, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the I/O thread at monotonic time ``when`` (``None``
+        cancels); one timer per name, replaced by the next call.  Keep ``fn``
+        short; hand user callbacks to ``dispatch``."""
+        def command() -> None:
+            if when is None:
+                self._timers.pop(name, None)
+            else:
+                self._timers[name] = (when, fn)
+        self._submit(command)
+
+    def dispatch(self, call: Callable[[], None]) -> None:
+        """Run ``call`` on the handler thread (after the callbacks already queued)."""
+        self._dispatch(call)
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> Completion:
         """Queue a publish; the future resolves on PUBACK/PUBCOMP (QoS 0: once
@@ -439,6 +455,7 @@ class ThreadDriver:
     def _timeout(self, now: float) -> float | None:
         deadlines = [d for d in (self.engine.next_deadline() if self._sock else None,
                                  self._handshake_deadline, self._retry_at) if d is not None]
+        deadlines += [when for when, _ in self._timers.values()]
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - now)
@@ -456,6 +473,15 @@ class ThreadDriver:
         while self._commands:
             self._commands.popleft()()
         now = time.monotonic()
+        if self._timers:
+            for name, (when, fn) in list(self._timers.items()):
+                if now >= when:
+                    del self._timers[name]
+                    try:
+                        fn()
+                    except Exception as exc:  # a timer callback must not kill I/O
+                        log.exception("timer %s raised", name)
+                        self._report_error(exc)
         if self._retry_at is not None and now >= self._retry_at and self._sock is None:
             self._retry_at = None
             self._open()
