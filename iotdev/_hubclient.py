@@ -23,9 +23,9 @@ from ._auth import (
 )
 from ._errors import ClientError, ServiceError
 from ._models import Message, MethodRequest, MethodResponse
+from .transport._credentials import X509
 from .transport._endpoint import Endpoint
 from .transport._options import ConnectOptions, Credentials, ReconnectPolicy
-from .transport._tls import X509, make_client_context
 
 __all__ = ["HubConfig", "ParsedIncoming", "build_config"]
 
@@ -77,6 +77,8 @@ class HubConfig:
     def endpoint(self) -> Endpoint:
         host = self.gateway_hostname or self.hostname
         port = self.port if self.port is not None else (443 if self.websockets else 8883)
+        from .transport._tls import make_client_context
+
         ctx = make_client_context(server_verification_cert=self.server_verification_cert,
                                   cipher=self.cipher or None, x509=self.x509)
         return Endpoint(host=host, port=port,

@@ -34,8 +34,8 @@ from ._hubclient import (
     telemetry_publish,
 )
 from ._models import Message, MethodRequest, MethodResponse
+from .transport._credentials import X509
 from .transport._thread import Completion, ThreadDriver
-from .transport._tls import X509
 
 __all__ = ["IoTHubDeviceClient"]
 

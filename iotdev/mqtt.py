@@ -11,18 +11,20 @@ same driver.
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iotdev_mqtt import MessageReceived, Will, topic_matches
 
 from ._errors import OperationTimeout
+from .transport._credentials import X509
 from .transport._endpoint import Endpoint, TransportName
 from .transport._options import ConnectOptions, Credentials, ReconnectPolicy
 from .transport._thread import Completion, ThreadDriver
-from .transport._tls import X509, make_client_context
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = ["MQTTClient", "default_port", "tls_context_for"]
 
@@ -46,6 +48,8 @@ def tls_context_for(
         return None
     if tls_context is not None:
         return tls_context
+    from .transport._tls import make_client_context
+
     return make_client_context(server_verification_cert=server_verification_cert,
                                cipher=cipher, x509=x509)
 

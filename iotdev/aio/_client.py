@@ -29,7 +29,7 @@ from .._hubclient import (
 )
 from .._models import Message, MethodRequest, MethodResponse
 from ..transport._asyncio import AsyncDriver
-from ..transport._tls import X509
+from ..transport._credentials import X509
 
 __all__ = ["IoTHubDeviceClient"]
 

@@ -13,19 +13,21 @@
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iotdev_mqtt import MessageReceived, Will, topic_matches
 
 from .._errors import OperationTimeout
 from ..mqtt import default_port, tls_context_for
 from ..transport._asyncio import AsyncDriver
+from ..transport._credentials import X509
 from ..transport._endpoint import Endpoint, TransportName
 from ..transport._options import ConnectOptions, Credentials, ReconnectPolicy
-from ..transport._tls import X509
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = ["MQTTClient", "MessageStream"]
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._credentials import X509
 from ._layer import Layer, Stack
-from ._tls import X509, TLSLayer, make_client_context
 
 if TYPE_CHECKING:
     from ._proxy import ProxyOptions
+    from ._tls import TLSLayer, make_client_context
     from ._ws import WebSocketLayer, WebSocketServerLayer
 
-# h11 and wsproto load only when a proxy or a WebSocket is used.
-_LAZY = {"ProxyOptions": "._proxy", "WebSocketLayer": "._ws", "WebSocketServerLayer": "._ws"}
+# ssl, h11 and wsproto load when a connection needs them, not on import.
+_LAZY = {"ProxyOptions": "._proxy", "WebSocketLayer": "._ws", "WebSocketServerLayer": "._ws",
+         "TLSLayer": "._tls", "make_client_context": "._tls"}
 
 
 def __getattr__(name: str) -> Any:

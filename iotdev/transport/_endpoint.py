@@ -5,9 +5,8 @@ thread driver and the asyncio driver."""
 from __future__ import annotations
 
 import socket
-import ssl
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .._errors import (
     ConnectionFailedError,
@@ -16,7 +15,9 @@ from .._errors import (
     HostNotFoundError,
 )
 from ._layer import Layer, Stack
-from ._tls import TLSLayer
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = ["Endpoint", "map_connect_error"]
 
@@ -85,6 +86,8 @@ class Endpoint:
 
             layers.append(proxy_layer(self.proxy, self.host, self.port))
         if self.transport in ("tls", "websockets"):
+            from ._tls import TLSLayer
+
             assert self.tls_context is not None
             layers.append(TLSLayer(self.tls_context, self.server_hostname or self.host))
         if self.transport == "websockets":

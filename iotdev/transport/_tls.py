@@ -12,25 +12,12 @@ certificate (``X509``).
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
 
 from .._errors import ConnectionDroppedError, TLSError, TLSVerificationError
+from ._credentials import X509
 from ._layer import Layer
 
 __all__ = ["X509", "TLSLayer", "make_client_context"]
-
-
-@dataclass(frozen=True)
-class X509:
-    """A client certificate, as in azure-iot-device: file paths and an optional
-    pass phrase for the key."""
-
-    cert_file: str
-    key_file: str
-    pass_phrase: str | None = None
-
-    def __repr__(self) -> str:  # never show the pass phrase
-        return f"X509(cert_file={self.cert_file!r}, key_file={self.key_file!r})"
 
 
 def _cipher_string(cipher: str | list[str] | tuple[str, ...]) -> str:
