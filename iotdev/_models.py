@@ -73,6 +73,10 @@ class Message:
                       self.content_encoding, self.output_name, self._iothub_interface_id):
             if value:
                 total += len(str(value).encode("utf-8"))
+        expiry = self.expiry_time_utc
+        if expiry:
+            text = expiry.isoformat() if isinstance(expiry, datetime.date) else str(expiry)
+            total += len(text.encode("utf-8"))
         for key, value in self.custom_properties.items():
             total += len(str(key).encode("utf-8")) + len(str(value).encode("utf-8"))
         return total

@@ -17,6 +17,7 @@ from iotdev_mqtt import MessageReceived
 from . import _hub_topics as topics
 from ._errors import (
     ClientError,
+    ConnectionDroppedError,
     NoConnectionError,
     OperationCancelled,
     OperationTimeout,
@@ -39,6 +40,8 @@ from .transport._thread import Completion, ThreadDriver
 
 __all__ = ["IoTHubDeviceClient"]
 
+_CLOSED = object()  # put in the inboxes at shutdown
+
 log = logging.getLogger(__name__)
 
 def _feature_filter(feature: str, config: HubConfig) -> str:
@@ -57,6 +60,8 @@ class IoTHubDeviceClient:
     def __init__(self, config: HubConfig) -> None:
         self._config = config
         self._features: set[str] = set()
+        self._subscribed: set[str] = set()  # features subscribed on this connection
+        self._event_connected = False
         self._handlers: dict[str, Callable[..., Any] | None] = {}
         self._inboxes: dict[str, queue.Queue[Any]] = {}
         self._mode: dict[str, str] = {}  # feature -> "handler" | "api"
@@ -105,6 +110,11 @@ class IoTHubDeviceClient:
 
     @property
     def connected(self) -> bool:
+        """Whether the client is connected.  Read from a handler (the handler
+        thread), it is the state of the change being reported, so that
+        ``on_connection_state_change`` sees each transition in order."""
+        if threading.current_thread() is self._driver.handler_thread:
+            return self._event_connected
         return self._driver.connected
 
     def _timeout(self, timeout: float | None) -> float:
@@ -124,8 +134,8 @@ class IoTHubDeviceClient:
         self._wait(self._driver.connect(), timeout, "connect")
 
     def _ensure_connected(self) -> None:
-        if self._driver.connected:
-            return
+        if self._driver.connected or self._driver.reconnecting:
+            return  # while reconnecting, operations wait in the queue for the new connection
         if not self._config.auto_connect:
             raise NoConnectionError("not connected and auto_connect is False: call connect()")
         self.connect()
@@ -145,6 +155,10 @@ class IoTHubDeviceClient:
         self._cancel_renewal()
         self._driver.shutdown()
         self._fail_twin(OperationCancelled("shutdown() was called"))
+        with self._lock:
+            boxes = list(self._inboxes.values())
+        for box in boxes:  # wake receive_*() calls blocked without a timeout
+            box.put(_CLOSED)
 
     def update_sastoken(self, sastoken: str) -> None:
         """Replace the SAS token (clients made with ``create_from_sastoken``);
@@ -237,14 +251,28 @@ class IoTHubDeviceClient:
         waiter = Completion()
         with self._lock:
             self._twin_waiters[rid] = waiter
-            self._twin.pending[rid] = (topic, body, None)
-        self._driver.publish(topic, body, 1, False)
+        self._send_twin(rid, kind, topic, body, waiter)
         try:
             return self._wait(waiter, timeout, f"twin {kind}")
         finally:
             with self._lock:
                 self._twin_waiters.pop(rid, None)
                 self._twin.pending.pop(rid, None)
+
+    def _send_twin(self, rid: str, kind: str, topic: str, body: bytes,
+                   waiter: Completion) -> None:
+        """Publish a twin request; remember whether the hub acknowledged it,
+        which decides what a reconnect does with it (see ``_on_state``)."""
+        sent = self._driver.publish(topic, body, 1, False)
+        with self._lock:
+            self._twin.pending[rid] = (topic, body, (kind, sent))
+
+        def failed(done: Completion) -> None:
+            error = done.exception(0)
+            if error is not None:  # not retried: the request cannot be answered
+                waiter.set_exception(error)
+
+        sent.add_done_callback(failed)
 
     def _intercept(self, message: MessageReceived) -> bool:
         """I/O thread: twin responses resolve their callers here."""
@@ -320,9 +348,13 @@ class IoTHubDeviceClient:
 
     def _take(self, box: queue.Queue[Any], block: bool, timeout: float | None) -> Any:
         try:
-            return box.get(block, timeout)
+            item = box.get(block, timeout)
         except queue.Empty:
             return None
+        if item is _CLOSED:
+            box.put(_CLOSED)  # wake the next waiter too
+            raise OperationCancelled("the client was shut down")
+        return item
 
     def _enable(self, feature: str) -> None:
         """Subscribe to the feature's topic (now if connected, and after every
@@ -330,16 +362,25 @@ class IoTHubDeviceClient:
         if feature in self._features:
             return
         self._features.add(feature)
-        if self._driver.connected:
-            self._subscribe([feature])
-        elif self._config.auto_connect and not self._shutdown:
+        if (not self._driver.connected and not self._driver.reconnecting
+                and self._config.auto_connect and not self._shutdown):
             self.connect()
+        if self._driver.connected:
+            self._subscribe({feature})  # acknowledged before the setter returns, as in v2
 
-    def _subscribe(self, features: list[str]) -> None:
-        subs = [(_feature_filter(f, self._config), 1) for f in sorted(features)]
+    def _subscribe(self, features: set[str]) -> None:
+        """SUBSCRIBE to the features not yet subscribed on this connection."""
+        with self._lock:
+            todo = sorted(features - self._subscribed)
+            self._subscribed.update(todo)
+        if not todo:
+            return
+        subs = [(_feature_filter(f, self._config), 1) for f in todo]
         try:
             self._wait(self._driver.subscribe(subs), None, "subscribe")
         except Exception as exc:
+            with self._lock:
+                self._subscribed.difference_update(todo)
             self._background(exc)
 
     # ---------------------------------------------------- events (handler thread)
@@ -391,18 +432,44 @@ class IoTHubDeviceClient:
                 log.exception("on_background_exception raised")
 
     def _on_state(self, connected: bool, reason: str | None) -> None:
+        self._event_connected = connected
+        if not connected:
+            with self._lock:
+                self._subscribed.clear()
         self._call("on_connection_state_change")
         if not connected:
             return
         self._schedule_renewal()
         if self._features:
-            self._subscribe(list(self._features))
-        with self._lock:
-            resend = list(self._twin.pending.values())
-        for topic, body, _ in resend:  # twin requests cut off by the drop
-            self._driver.publish(topic, body, 1, False)
+            self._subscribe(set(self._features))
+        self._recover_twin_requests()
         if self._config.ensure_desired_properties and "twin_patches" in self._features:
             self._refresh_desired()
+
+    def _recover_twin_requests(self) -> None:
+        """After a reconnect: a twin request the hub never acknowledged is
+        re-sent by the MQTT session itself (DUP).  One it acknowledged but did
+        not answer before the drop: a GET is sent again; a PATCH fails with
+        ``ConnectionDroppedError`` (it may have been applied: sending it twice
+        could apply it twice)."""
+        with self._lock:
+            pending = list(self._twin.pending.items())
+        for rid, (topic, body, state) in pending:
+            if state is None:
+                continue
+            kind, sent = state
+            if not sent.done() or sent.exception(0) is not None:
+                continue
+            with self._lock:
+                waiter = self._twin_waiters.get(rid)
+            if waiter is None or waiter.done():
+                continue
+            if kind == "GET":
+                self._send_twin(rid, kind, topic, body, waiter)
+            else:
+                waiter.set_exception(ConnectionDroppedError(
+                    "the connection dropped after the hub received the reported "
+                    "properties patch and before it answered; it may have been applied"))
 
     def _refresh_desired(self) -> None:
         """After (re)connecting: deliver the desired document if its version
@@ -413,7 +480,6 @@ class IoTHubDeviceClient:
         waiter = Completion()
         with self._lock:
             self._twin_waiters[rid] = waiter
-            self._twin.pending[rid] = (topic, body, None)
 
         def answered(done: Completion) -> None:
             with self._lock:
@@ -422,7 +488,7 @@ class IoTHubDeviceClient:
             self._driver.dispatch(lambda: self._apply_desired(done))
 
         waiter.add_done_callback(answered)
-        self._driver.publish(topic, body, 1, False)
+        self._send_twin(rid, "GET", topic, body, waiter)
 
     def _apply_desired(self, done: Completion) -> None:
         error = done.exception(0)

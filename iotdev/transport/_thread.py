@@ -218,6 +218,17 @@ class ThreadDriver:
     def connected(self) -> bool:
         return self._connected
 
+    @property
+    def handler_thread(self) -> threading.Thread | None:
+        """The thread that runs callbacks (``None`` until the first one)."""
+        return self._handler_thread
+
+    @property
+    def reconnecting(self) -> bool:
+        """Connected before, dropped, and retrying (operations wait for it)."""
+        return (not self._connected and self._want_connected and self._ever_connected
+                and self.reconnect.enabled)
+
     def _submit(self, command: Callable[[], None]) -> None:
         if self._stopping:
             raise ClientError("the client has been shut down")
