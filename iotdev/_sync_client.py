@@ -62,6 +62,7 @@ class IoTHubDeviceClient:
         self._features: set[str] = set()
         self._subscribed: set[str] = set()  # features subscribed on this connection
         self._event_connected = False
+        self._acked_at_drop: set[str] = set()
         self._handlers: dict[str, Callable[..., Any] | None] = {}
         self._inboxes: dict[str, queue.Queue[Any]] = {}
         self._mode: dict[str, str] = {}  # feature -> "handler" | "api"
@@ -436,6 +437,12 @@ class IoTHubDeviceClient:
         if not connected:
             with self._lock:
                 self._subscribed.clear()
+                # Twin requests the hub had acknowledged when the connection
+                # dropped (decides what the reconnect does with each).
+                self._acked_at_drop = {
+                    rid for rid, (_, _, state) in self._twin.pending.items()
+                    if state is not None and state[1].done() and state[1].exception(0) is None
+                }
         self._call("on_connection_state_change")
         if not connected:
             return
@@ -454,12 +461,11 @@ class IoTHubDeviceClient:
         could apply it twice)."""
         with self._lock:
             pending = list(self._twin.pending.items())
+            acked, self._acked_at_drop = self._acked_at_drop, set()
         for rid, (topic, body, state) in pending:
-            if state is None:
+            if state is None or rid not in acked:
                 continue
-            kind, sent = state
-            if not sent.done() or sent.exception(0) is not None:
-                continue
+            kind, _ = state
             with self._lock:
                 waiter = self._twin_waiters.get(rid)
             if waiter is None or waiter.done():

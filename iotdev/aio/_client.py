@@ -14,7 +14,13 @@ from typing import Any
 from iotdev_mqtt import MessageReceived
 
 from .. import _hub_topics as topics
-from .._errors import ClientError, NoConnectionError, OperationCancelled, OperationTimeout
+from .._errors import (
+    ClientError,
+    ConnectionDroppedError,
+    NoConnectionError,
+    OperationCancelled,
+    OperationTimeout,
+)
 from .._hubclient import (
     RENEW_MARGIN,
     HubConfig,
@@ -32,6 +38,8 @@ from ..transport._asyncio import AsyncDriver
 from ..transport._credentials import X509
 
 __all__ = ["IoTHubDeviceClient"]
+
+_CLOSED = object()  # put in the inboxes at shutdown
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +60,8 @@ class IoTHubDeviceClient:
     def __init__(self, config: HubConfig) -> None:
         self._config = config
         self._features: set[str] = set()
+        self._subscribed: set[str] = set()  # features subscribed on this connection
+        self._acked_at_drop: set[str] = set()
         self._handlers: dict[str, Callable[..., Any] | None] = {}
         self._inboxes: dict[str, asyncio.Queue[Any]] = {}
         self._mode: dict[str, str] = {}
@@ -115,8 +125,8 @@ class IoTHubDeviceClient:
         await self._bounded(self._driver.connect(), timeout, "connect")
 
     async def _ensure_connected(self) -> None:
-        if self._driver.connected:
-            return
+        if self._driver.connected or self._driver.reconnecting:
+            return  # while reconnecting, operations wait in the queue
         if not self._config.auto_connect:
             raise NoConnectionError("not connected and auto_connect is False: call connect()")
         await self.connect()
@@ -134,6 +144,8 @@ class IoTHubDeviceClient:
         self._cancel_renewal()
         await self._driver.shutdown()
         self._fail_twin(OperationCancelled("shutdown() was called"))
+        for box in self._inboxes.values():  # wake receive_*() calls
+            box.put_nowait(_CLOSED)
         for task in list(self._tasks):
             task.cancel()
 
@@ -165,19 +177,26 @@ class IoTHubDeviceClient:
     async def receive_message(self) -> Message:
         """Deprecated (v2): the next cloud-to-device message."""
         await self._api_mode("c2d")
-        message: Message = await self._inbox("c2d").get()
+        message: Message = await self._take(self._inbox("c2d"))
         return message
 
     async def receive_method_request(self, method_name: str | None = None) -> MethodRequest:
         """Deprecated (v2): the next method request (of ``method_name``, or any)."""
         await self._api_mode("methods")
         box = self._inbox(f"method:{method_name}" if method_name else "method:*")
-        request: MethodRequest = await box.get()
+        request: MethodRequest = await self._take(box)
         return request
 
     async def receive_twin_desired_properties_patch(self) -> Any:
         await self._api_mode("twin_patches")
-        return await self._inbox("desired").get()
+        return await self._take(self._inbox("desired"))
+
+    async def _take(self, box: asyncio.Queue[Any]) -> Any:
+        item = await box.get()
+        if item is _CLOSED:
+            box.put_nowait(_CLOSED)
+            raise OperationCancelled("the client was shut down")
+        return item
 
     async def get_twin(self, *, timeout: float | None = None) -> dict[str, Any]:
         result: dict[str, Any] = await self._twin_request("GET", None, timeout)
@@ -196,13 +215,45 @@ class IoTHubDeviceClient:
         rid, topic, body = self._twin.new(kind, patch)
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._twin_waiters[rid] = waiter
-        self._twin.pending[rid] = (topic, body, None)
-        _quiet(self._driver.publish(topic, body, 1, False))  # the response is what counts
+        self._send_twin(rid, kind, topic, body, waiter)
         try:
             return await self._bounded(waiter, timeout, f"twin {kind}")
         finally:
             self._twin_waiters.pop(rid, None)
             self._twin.pending.pop(rid, None)
+
+    def _send_twin(self, rid: str, kind: str, topic: str, body: bytes,
+                   waiter: asyncio.Future[Any]) -> None:
+        sent = self._driver.publish(topic, body, 1, False)
+        self._twin.pending[rid] = (topic, body, (kind, sent))
+
+        def failed(done: asyncio.Future[None]) -> None:
+            if done.cancelled():
+                return
+            error = done.exception()
+            if error is not None and not waiter.done():
+                waiter.set_exception(error)
+
+        sent.add_done_callback(failed)
+
+    def _recover_twin_requests(self) -> None:
+        """As the sync client: unacknowledged requests are re-sent by the
+        session; an acknowledged GET is sent again; an acknowledged PATCH fails
+        (it may have been applied)."""
+        acked, self._acked_at_drop = self._acked_at_drop, set()
+        for rid, (topic, body, state) in list(self._twin.pending.items()):
+            if state is None or rid not in acked:
+                continue
+            kind, _ = state
+            waiter = self._twin_waiters.get(rid)
+            if waiter is None or waiter.done():
+                continue
+            if kind == "GET":
+                self._send_twin(rid, kind, topic, body, waiter)
+            else:
+                waiter.set_exception(ConnectionDroppedError(
+                    "the connection dropped after the hub received the reported "
+                    "properties patch and before it answered; it may have been applied"))
 
     def _fail_twin(self, error: BaseException) -> None:
         for waiter in list(self._twin_waiters.values()):
@@ -275,16 +326,26 @@ class IoTHubDeviceClient:
         if feature in self._features:
             return
         self._features.add(feature)
-        if self._driver.connected:
-            await self._subscribe([feature])
-        elif self._config.auto_connect and not self._shutdown:
+        if (not self._driver.connected and not self._driver.reconnecting
+                and self._config.auto_connect and not self._shutdown):
             await self.connect()
+        if self._driver.connected:
+            await self._subscribe({feature})
 
-    async def _subscribe(self, features: list[str]) -> None:
-        subs = [(_feature_filter(f, self._config), 1) for f in sorted(features)]
+    async def _subscribe(self, features: set[str]) -> None:
+        """SUBSCRIBE to the features not yet subscribed on this connection."""
+        todo = sorted(features - self._subscribed)
+        self._subscribed.update(todo)
+        if not todo:
+            return
+        await self._subscribe_now(todo)
+
+    async def _subscribe_now(self, features: list[str]) -> None:
+        subs = [(_feature_filter(f, self._config), 1) for f in features]
         try:
             await self._bounded(self._driver.subscribe(subs), None, "subscribe")
         except Exception as exc:
+            self._subscribed.difference_update(features)
             self._background(exc)
 
     # ------------------------------------------------------------------ events
@@ -351,6 +412,13 @@ class IoTHubDeviceClient:
                 log.exception("on_background_exception raised")
 
     def _on_state(self, connected: bool, reason: str | None) -> None:
+        if not connected:
+            self._subscribed.clear()
+            self._acked_at_drop = {
+                rid for rid, (_, _, state) in self._twin.pending.items()
+                if state is not None and state[1].done() and not state[1].cancelled()
+                and state[1].exception() is None
+            }
         self._call("on_connection_state_change")
         if connected:
             self._spawn(self._after_connect())
@@ -358,9 +426,8 @@ class IoTHubDeviceClient:
     async def _after_connect(self) -> None:
         self._schedule_renewal()
         if self._features:
-            await self._subscribe(list(self._features))
-        for topic, body, _ in list(self._twin.pending.values()):
-            _quiet(self._driver.publish(topic, body, 1, False))
+            await self._subscribe(set(self._features))
+        self._recover_twin_requests()
         if self._config.ensure_desired_properties and "twin_patches" in self._features:
             try:
                 twin = await self.get_twin()

@@ -130,6 +130,12 @@ class AsyncDriver:
     def connected(self) -> bool:
         return self._connected
 
+    @property
+    def reconnecting(self) -> bool:
+        """Connected before, dropped, and retrying (operations wait for it)."""
+        return (not self._connected and self._want_connected and self._ever_connected
+                and self.reconnect.enabled and not self._stopped)
+
     def _now(self) -> float:
         assert self._loop is not None
         return self._loop.time()
