@@ -61,6 +61,7 @@ class IoTHubDeviceClient:
         self._config = config
         self._features: set[str] = set()
         self._subscribed: set[str] = set()  # features subscribed on this connection
+        self._subscribing: dict[str, Completion] = {}  # SUBSCRIBE in flight, by feature
         self._event_connected = False
         self._acked_at_drop: set[str] = set()
         self._handlers: dict[str, Callable[..., Any] | None] = {}
@@ -76,7 +77,7 @@ class IoTHubDeviceClient:
             reconnect=config.reconnect_policy(),
             on_message=self._on_message, on_state=self._on_state,
             on_error=self._background, intercept=self._intercept,
-            max_queued=config.max_queued_messages,
+            on_io_state=self._on_io_state, max_queued=config.max_queued_messages,
         )
 
     # ------------------------------------------------------------- factories
@@ -275,6 +276,17 @@ class IoTHubDeviceClient:
 
         sent.add_done_callback(failed)
 
+    def _on_io_state(self, connected: bool) -> None:
+        """I/O thread, at the drop itself: note which twin requests the hub had
+        acknowledged (decides what the reconnect does with each)."""
+        if connected:
+            return
+        with self._lock:
+            self._acked_at_drop = {
+                rid for rid, (_, _, state) in self._twin.pending.items()
+                if state is not None and state[1].done() and state[1].exception(0) is None
+            }
+
     def _intercept(self, message: MessageReceived) -> bool:
         """I/O thread: twin responses resolve their callers here."""
         parsed = TwinRequests.parse_response(message)
@@ -314,8 +326,6 @@ class IoTHubDeviceClient:
             self._handlers[key] = handler
             if feature and handler is not None:
                 self._enable(feature)
-                if feature == "twin_patches":
-                    self._enable("twin")
             elif feature and handler is None and self._mode.get(feature) == "handler":
                 self._mode.pop(feature, None)
 
@@ -337,8 +347,6 @@ class IoTHubDeviceClient:
                               "(v2's receive-mode lock)")
         self._mode[feature] = "api"
         self._enable(feature)
-        if feature == "twin_patches":
-            self._enable("twin")
 
     def _inbox(self, name: str) -> queue.Queue[Any]:
         with self._lock:
@@ -358,31 +366,51 @@ class IoTHubDeviceClient:
         return item
 
     def _enable(self, feature: str) -> None:
-        """Subscribe to the feature's topic (now if connected, and after every
-        reconnect)."""
-        if feature in self._features:
-            return
-        self._features.add(feature)
+        """Turn a feature on: subscribe to its topic now (connecting first when
+        auto_connect allows) and after every reconnect.  Returns once the
+        SUBSCRIBE is acknowledged, as v2's setters do."""
+        wanted = {feature, "twin"} if feature == "twin_patches" else {feature}
+        with self._lock:
+            self._features.update(wanted)
         if (not self._driver.connected and not self._driver.reconnecting
                 and self._config.auto_connect and not self._shutdown):
             self.connect()
         if self._driver.connected:
-            self._subscribe({feature})  # acknowledged before the setter returns, as in v2
+            self._subscribe(wanted)
 
     def _subscribe(self, features: set[str]) -> None:
-        """SUBSCRIBE to the features not yet subscribed on this connection."""
+        """Make sure ``features`` are subscribed on this connection: send one
+        SUBSCRIBE for those nobody has asked for yet, and wait for it and for
+        any SUBSCRIBE already in flight for the others."""
         with self._lock:
-            todo = sorted(features - self._subscribed)
-            self._subscribed.update(todo)
-        if not todo:
-            return
-        subs = [(_feature_filter(f, self._config), 1) for f in todo]
-        try:
-            self._wait(self._driver.subscribe(subs), None, "subscribe")
-        except Exception as exc:
-            with self._lock:
-                self._subscribed.difference_update(todo)
-            self._background(exc)
+            waiting = [self._subscribing[f] for f in features
+                       if f in self._subscribing and f not in self._subscribed]
+            todo = sorted(f for f in features
+                          if f not in self._subscribed and f not in self._subscribing)
+            mine = Completion() if todo else None
+            for f in todo:
+                self._subscribing[f] = mine  # type: ignore[assignment]
+        if mine is not None:
+            subs = [(_feature_filter(f, self._config), 1) for f in todo]
+            try:
+                self._wait(self._driver.subscribe(subs), None, "subscribe")
+            except Exception as exc:
+                with self._lock:
+                    for f in todo:
+                        self._subscribing.pop(f, None)
+                mine.set_exception(exc)
+                self._background(exc)
+            else:
+                with self._lock:
+                    for f in todo:
+                        self._subscribing.pop(f, None)
+                        self._subscribed.add(f)
+                mine.set_result(None)
+        for other in waiting:
+            try:
+                self._wait(other, None, "subscribe")
+            except Exception:
+                pass  # reported by the thread that sent it
 
     # ---------------------------------------------------- events (handler thread)
 
@@ -437,18 +465,15 @@ class IoTHubDeviceClient:
         if not connected:
             with self._lock:
                 self._subscribed.clear()
-                # Twin requests the hub had acknowledged when the connection
-                # dropped (decides what the reconnect does with each).
-                self._acked_at_drop = {
-                    rid for rid, (_, _, state) in self._twin.pending.items()
-                    if state is not None and state[1].done() and state[1].exception(0) is None
-                }
+                self._subscribing.clear()
         self._call("on_connection_state_change")
         if not connected:
             return
         self._schedule_renewal()
-        if self._features:
-            self._subscribe(set(self._features))
+        with self._lock:
+            features = set(self._features)
+        if features:
+            self._subscribe(features)
         self._recover_twin_requests()
         if self._config.ensure_desired_properties and "twin_patches" in self._features:
             self._refresh_desired()
@@ -482,6 +507,7 @@ class IoTHubDeviceClient:
         moved past the last one delivered (v2's ensure_desired_properties).
         The GET's answer arrives on the I/O thread and is handed to the
         handler thread, so no extra thread is needed."""
+        self._subscribe({"twin"})  # the answer needs $iothub/twin/res/# (v2 forgets it)
         rid, topic, body = self._twin.new("GET")
         waiter = Completion()
         with self._lock:

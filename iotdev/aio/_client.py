@@ -61,6 +61,7 @@ class IoTHubDeviceClient:
         self._config = config
         self._features: set[str] = set()
         self._subscribed: set[str] = set()  # features subscribed on this connection
+        self._subscribing: dict[str, asyncio.Future[None]] = {}
         self._acked_at_drop: set[str] = set()
         self._handlers: dict[str, Callable[..., Any] | None] = {}
         self._inboxes: dict[str, asyncio.Queue[Any]] = {}
@@ -278,8 +279,6 @@ class IoTHubDeviceClient:
             self._handlers[key] = handler
             if feature and handler is not None:
                 self._spawn(self._enable(feature))
-                if feature == "twin_patches":
-                    self._spawn(self._enable("twin"))
 
         return property(getter, setter)
 
@@ -313,8 +312,6 @@ class IoTHubDeviceClient:
                               "(v2's receive-mode lock)")
         self._mode[feature] = "api"
         await self._enable(feature)
-        if feature == "twin_patches":
-            await self._enable("twin")
 
     def _inbox(self, name: str) -> asyncio.Queue[Any]:
         box = self._inboxes.get(name)
@@ -323,30 +320,44 @@ class IoTHubDeviceClient:
         return box
 
     async def _enable(self, feature: str) -> None:
-        if feature in self._features:
-            return
-        self._features.add(feature)
+        wanted = {feature, "twin"} if feature == "twin_patches" else {feature}
+        self._features.update(wanted)
         if (not self._driver.connected and not self._driver.reconnecting
                 and self._config.auto_connect and not self._shutdown):
             await self.connect()
         if self._driver.connected:
-            await self._subscribe({feature})
+            await self._subscribe(wanted)
 
     async def _subscribe(self, features: set[str]) -> None:
-        """SUBSCRIBE to the features not yet subscribed on this connection."""
-        todo = sorted(features - self._subscribed)
-        self._subscribed.update(todo)
-        if not todo:
-            return
-        await self._subscribe_now(todo)
+        """As the sync client: one SUBSCRIBE for the features nobody asked for
+        yet; wait for it and for those already in flight."""
+        waiting = [self._subscribing[f] for f in features
+                   if f in self._subscribing and f not in self._subscribed]
+        todo = sorted(f for f in features
+                      if f not in self._subscribed and f not in self._subscribing)
+        if todo:
+            mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            _quiet(mine)
+            for f in todo:
+                self._subscribing[f] = mine
+            ok = await self._subscribe_now(todo)
+            for f in todo:
+                self._subscribing.pop(f, None)
+                if ok:
+                    self._subscribed.add(f)
+            if not mine.done():
+                mine.set_result(None)
+        for other in waiting:
+            await asyncio.shield(other)
 
-    async def _subscribe_now(self, features: list[str]) -> None:
+    async def _subscribe_now(self, features: list[str]) -> bool:
         subs = [(_feature_filter(f, self._config), 1) for f in features]
         try:
             await self._bounded(self._driver.subscribe(subs), None, "subscribe")
         except Exception as exc:
-            self._subscribed.difference_update(features)
             self._background(exc)
+            return False
+        return True
 
     # ------------------------------------------------------------------ events
 
@@ -414,6 +425,7 @@ class IoTHubDeviceClient:
     def _on_state(self, connected: bool, reason: str | None) -> None:
         if not connected:
             self._subscribed.clear()
+            self._subscribing.clear()
             self._acked_at_drop = {
                 rid for rid, (_, _, state) in self._twin.pending.items()
                 if state is not None and state[1].done() and not state[1].cancelled()
@@ -430,6 +442,7 @@ class IoTHubDeviceClient:
         self._recover_twin_requests()
         if self._config.ensure_desired_properties and "twin_patches" in self._features:
             try:
+                await self._subscribe({"twin"})
                 twin = await self.get_twin()
             except Exception as exc:
                 self._background(exc)

@@ -36,6 +36,7 @@ from iotdev_mqtt import (
     ProtocolError,
     PublishAcked,
     PublishFailed,
+    QueueFull,
     RequestFailed,
     State,
     Subscribed,
@@ -202,7 +203,11 @@ class AsyncDriver:
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         fut: asyncio.Future[None] = loop.create_future()
-        token = self.engine.publish(topic, payload, qos, retain, now=loop.time())
+        try:
+            token = self.engine.publish(topic, payload, qos, retain, now=loop.time())
+        except QueueFull as exc:
+            raise ClientError(f"the outgoing queue is full ({exc.reason}); the connection "
+                              "is down or too slow: retry later") from exc
         if qos == 0:
             self._qos0.append(fut)
         else:

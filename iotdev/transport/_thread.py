@@ -48,6 +48,7 @@ from iotdev_mqtt import (
     ProtocolError,
     PublishAcked,
     PublishFailed,
+    QueueFull,
     RequestFailed,
     State,
     Subscribed,
@@ -173,10 +174,12 @@ class ThreadDriver:
         on_state: Callable[[bool, str | None], None] | None = None,
         on_error: Handler | None = None,
         intercept: Callable[[MessageReceived], bool] | None = None,
+        on_io_state: Callable[[bool], None] | None = None,
         **engine_options: Any,
     ) -> None:
         self.endpoint = endpoint
         self.intercept = intercept
+        self.on_io_state = on_io_state
         self.options = options
         self.reconnect = reconnect or ReconnectPolicy()
         self.on_message = on_message
@@ -342,6 +345,12 @@ class ThreadDriver:
 
     def _report_state(self, connected: bool, reason: str | None) -> None:
         self._connected = connected
+        if self.on_io_state is not None:  # I/O thread, at the very moment of the change
+            try:
+                self.on_io_state(connected)
+            except Exception as exc:
+                log.exception("on_io_state raised")
+                self._report_error(exc)
         if self.on_state is not None:
             on_state = self.on_state
             self._dispatch(lambda: on_state(connected, reason))
@@ -370,6 +379,12 @@ class ThreadDriver:
                      retain: bool) -> None:
         try:
             token = self.engine.publish(topic, payload, qos, retain, now=time.monotonic())
+        except QueueFull as exc:
+            error = ClientError(f"the outgoing queue is full ({exc.reason}); the connection "
+                                "is down or too slow: retry later")
+            error.__cause__ = exc
+            fut.set_exception(error)
+            return
         except ProtocolError as exc:
             fut.set_exception(exc)
             return
