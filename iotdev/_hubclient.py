@@ -135,7 +135,7 @@ def _check_options(kwargs: dict[str, Any]) -> dict[str, Any]:
             raise TypeError("proxy_options must be a ProxyOptions")
     for name, low, high in (("sastoken_ttl", 1, None), ("keep_alive", 1, 1740),
                             ("connection_retry_interval", 1, None), ("port", 1, 65535),
-                            ("max_queued_messages", 0, None)):
+                            ("max_queued_messages", 1, None)):
         if name in kwargs:
             value = kwargs[name]
             if isinstance(value, bool) or not isinstance(value, int):

@@ -353,6 +353,8 @@ class IoTHubDeviceClient:
             box = self._inboxes.get(name)
             if box is None:
                 box = self._inboxes[name] = queue.Queue()
+                if self._shutdown:  # created after shutdown() woke the others
+                    box.put(_CLOSED)
             return box
 
     def _take(self, box: queue.Queue[Any], block: bool, timeout: float | None) -> Any:

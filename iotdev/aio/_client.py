@@ -317,6 +317,8 @@ class IoTHubDeviceClient:
         box = self._inboxes.get(name)
         if box is None:
             box = self._inboxes[name] = asyncio.Queue()
+            if self._shutdown:  # created after shutdown() woke the others
+                box.put_nowait(_CLOSED)
         return box
 
     async def _enable(self, feature: str) -> None:
