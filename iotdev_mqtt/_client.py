@@ -29,11 +29,6 @@ from ._packets import (
     Packet,
     PingReq,
     PingResp,
-    PubAck,
-    PubComp,
-    Publish,
-    PubRec,
-    PubRel,
     SubAck,
     Subscribe,
     UnsubAck,
@@ -319,22 +314,9 @@ class ClientConnection(_Endpoint):
                 f"the server's first packet must be CONNACK, got {kind.__name__.upper()}",
                 rule="MQTT-3.2.0-1",
             )
-        if kind is Publish:
-            self._move(Input.RECV_PUBLISH, remote=True)
-            self._on_publish(packet, events, now)  # type: ignore[arg-type]
-        elif kind is PubAck:
-            self._move(Input.RECV_PUBLISH_ACK, remote=True)
-            self._on_puback(packet, events, now)  # type: ignore[arg-type]
-        elif kind is PubRec:
-            self._move(Input.RECV_PUBLISH_ACK, remote=True)
-            self._on_pubrec(packet, events, now)  # type: ignore[arg-type]
-        elif kind is PubComp:
-            self._move(Input.RECV_PUBLISH_ACK, remote=True)
-            self._on_pubcomp(packet, events, now)  # type: ignore[arg-type]
-        elif kind is PubRel:
-            self._move(Input.RECV_PUBLISH_ACK, remote=True)
-            self._on_pubrel(packet, now)  # type: ignore[arg-type]
-        elif kind is ConnAck:
+        if self._handle_flow(packet, kind, events, now):
+            return
+        if kind is ConnAck:
             self._on_connack(packet, events, now)  # type: ignore[arg-type]
         elif kind is SubAck:
             self._move(Input.RECV_SUBACK, remote=True)

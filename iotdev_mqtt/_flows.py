@@ -264,6 +264,27 @@ class _Endpoint:
     def _handle(self, packet: Packet, events: list[Event], now: float) -> None:
         raise NotImplementedError
 
+    def _handle_flow(self, packet: Packet, kind: type, events: list[Event], now: float) -> bool:
+        """PUBLISH and its acks, the same in both roles; ``False`` for others."""
+        if kind is Publish:
+            self._move(Input.RECV_PUBLISH, remote=True)
+            self._on_publish(packet, events, now)  # type: ignore[arg-type]
+        elif kind is PubAck:
+            self._move(Input.RECV_PUBLISH_ACK, remote=True)
+            self._on_puback(packet, events, now)  # type: ignore[arg-type]
+        elif kind is PubRec:
+            self._move(Input.RECV_PUBLISH_ACK, remote=True)
+            self._on_pubrec(packet, events, now)  # type: ignore[arg-type]
+        elif kind is PubComp:
+            self._move(Input.RECV_PUBLISH_ACK, remote=True)
+            self._on_pubcomp(packet, events, now)  # type: ignore[arg-type]
+        elif kind is PubRel:
+            self._move(Input.RECV_PUBLISH_ACK, remote=True)
+            self._on_pubrel(packet, now)  # type: ignore[arg-type]
+        else:
+            return False
+        return True
+
     def _defer(self, error: RemoteProtocolError) -> bool:
         """Whether a reader error is held back (server: until ``accept()``)."""
         return False

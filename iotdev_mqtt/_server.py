@@ -34,11 +34,6 @@ from ._packets import (
     Packet,
     PingReq,
     PingResp,
-    PubAck,
-    PubComp,
-    Publish,
-    PubRec,
-    PubRel,
     SubAck,
     Subscribe,
     UnsubAck,
@@ -149,22 +144,9 @@ class ServerConnection(_Endpoint):
                 f"the first packet must be CONNECT, got {kind.__name__.upper()}",
                 rule="MQTT-3.1.0-1",
             )
-        if kind is Publish:
-            self._move(Input.RECV_PUBLISH, remote=True)
-            self._on_publish(packet, events, now)  # type: ignore[arg-type]
-        elif kind is PubAck:
-            self._move(Input.RECV_PUBLISH_ACK, remote=True)
-            self._on_puback(packet, events, now)  # type: ignore[arg-type]
-        elif kind is PubRec:
-            self._move(Input.RECV_PUBLISH_ACK, remote=True)
-            self._on_pubrec(packet, events, now)  # type: ignore[arg-type]
-        elif kind is PubComp:
-            self._move(Input.RECV_PUBLISH_ACK, remote=True)
-            self._on_pubcomp(packet, events, now)  # type: ignore[arg-type]
-        elif kind is PubRel:
-            self._move(Input.RECV_PUBLISH_ACK, remote=True)
-            self._on_pubrel(packet, now)  # type: ignore[arg-type]
-        elif isinstance(packet, Subscribe):
+        if self._handle_flow(packet, kind, events, now):
+            return
+        if isinstance(packet, Subscribe):
             self._move(Input.RECV_SUBSCRIBE, remote=True)
             self._subscribes[packet.packet_id] = len(packet.subscriptions)
             events.append(SubscribeReceived(packet.packet_id, packet.subscriptions))
