@@ -195,6 +195,17 @@ def config_from_sastoken(sastoken: str, **kwargs: Any) -> HubConfig:
     return build_config(hostname=parts[0], device_id=parts[2], sastoken=sastoken, **kwargs)
 
 
+def feature_filter(feature: str, config: HubConfig) -> str:
+    """The topic filter a client feature subscribes to."""
+    if feature == "c2d":
+        return topics.c2d_subscribe_filter(config.device_id)
+    return {
+        "methods": topics.METHOD_SUBSCRIBE_FILTER,
+        "twin_patches": topics.TWIN_DESIRED_SUBSCRIBE_FILTER,
+        "twin": topics.TWIN_RESPONSE_SUBSCRIBE_FILTER,
+    }[feature]
+
+
 # ----------------------------------------------------------------- messages
 
 

@@ -14,7 +14,6 @@ from typing import Any
 
 from iotdev_mqtt import MessageReceived
 
-from . import _hub_topics as topics
 from ._errors import (
     ClientError,
     ConnectionDroppedError,
@@ -30,6 +29,7 @@ from ._hubclient import (
     check_update_sastoken,
     config_from_connection_string,
     config_from_sastoken,
+    feature_filter,
     method_response_publish,
     parse_incoming,
     telemetry_publish,
@@ -43,16 +43,6 @@ __all__ = ["IoTHubDeviceClient"]
 _CLOSED = object()  # put in the inboxes at shutdown
 
 log = logging.getLogger(__name__)
-
-def _feature_filter(feature: str, config: HubConfig) -> str:
-    if feature == "c2d":
-        return topics.c2d_subscribe_filter(config.device_id)
-    return {
-        "methods": "$iothub/methods/POST/#",
-        "twin_patches": "$iothub/twin/PATCH/properties/desired/#",
-        "twin": "$iothub/twin/res/#",
-    }[feature]
-
 
 class IoTHubDeviceClient:
     """A synchronous IoT Hub device client (create it with a factory)."""
@@ -393,7 +383,7 @@ class IoTHubDeviceClient:
             for f in todo:
                 self._subscribing[f] = mine  # type: ignore[assignment]
         if mine is not None:
-            subs = [(_feature_filter(f, self._config), 1) for f in todo]
+            subs = [(feature_filter(f, self._config), 1) for f in todo]
             try:
                 self._wait(self._driver.subscribe(subs), None, "subscribe")
             except Exception as exc:

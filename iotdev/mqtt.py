@@ -26,7 +26,7 @@ from .transport._thread import Completion, ThreadDriver
 if TYPE_CHECKING:
     import ssl
 
-__all__ = ["MQTTClient", "default_port", "tls_context_for"]
+__all__ = ["MQTTClient", "client_setup", "default_port", "tls_context_for"]
 
 MessageHandler = Callable[[MessageReceived], None]
 
@@ -52,6 +52,35 @@ def tls_context_for(
 
     return make_client_context(server_verification_cert=server_verification_cert,
                                cipher=cipher, x509=x509)
+
+
+def client_setup(
+    host: str, port: int | None, transport: TransportName, username: str | None,
+    password: bytes | str | None, credentials: Callable[[], Credentials] | None,
+    server_verification_cert: str | None, tls_context: ssl.SSLContext | None,
+    cipher: str | list[str] | None, x509: X509 | None, ws_path: str, proxy_options: Any,
+    connect_timeout: float,
+) -> tuple[Endpoint, Credentials | Callable[[], Credentials] | None]:
+    """What both generic clients build from their arguments: the endpoint and
+    the credentials (validated)."""
+    if transport not in _DEFAULT_PORTS:
+        raise ValueError(f"transport must be 'tcp', 'tls' or 'websockets', got {transport!r}")
+    if isinstance(password, str):
+        password = password.encode("utf-8")
+    creds: Credentials | Callable[[], Credentials] | None = credentials
+    if creds is None and (username is not None or password is not None):
+        creds = Credentials(username, password)
+    endpoint = Endpoint(
+        host=host,
+        port=port if port is not None else default_port(transport),
+        transport=transport,
+        tls_context=tls_context_for(transport, tls_context, server_verification_cert,
+                                    cipher, x509),
+        ws_path=ws_path,
+        proxy=proxy_options,
+        connect_timeout=connect_timeout,
+    )
+    return endpoint, creds
 
 
 def _wait(fut: Completion, timeout: float | None, what: str) -> Any:
@@ -117,23 +146,9 @@ class MQTTClient:
         on_connection_state_change: Callable[[bool, str | None], None] | None = None,
         on_background_exception: Callable[[BaseException], None] | None = None,
     ) -> None:
-        if transport not in _DEFAULT_PORTS:
-            raise ValueError(f"transport must be 'tcp', 'tls' or 'websockets', got {transport!r}")
-        if isinstance(password, str):
-            password = password.encode("utf-8")
-        creds: Credentials | Callable[[], Credentials] | None = credentials
-        if creds is None and (username is not None or password is not None):
-            creds = Credentials(username, password)
-        self.endpoint = Endpoint(
-            host=host,
-            port=port if port is not None else default_port(transport),
-            transport=transport,
-            tls_context=tls_context_for(transport, tls_context, server_verification_cert,
-                                        cipher, x509),
-            ws_path=ws_path,
-            proxy=proxy_options,
-            connect_timeout=connect_timeout,
-        )
+        self.endpoint, creds = client_setup(
+            host, port, transport, username, password, credentials, server_verification_cert,
+            tls_context, cipher, x509, ws_path, proxy_options, connect_timeout)
         self._subscriptions: list[tuple[str, MessageHandler]] = []
         self.on_message = on_message
         self._driver = ThreadDriver(

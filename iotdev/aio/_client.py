@@ -13,7 +13,6 @@ from typing import Any
 
 from iotdev_mqtt import MessageReceived
 
-from .. import _hub_topics as topics
 from .._errors import (
     ClientError,
     ConnectionDroppedError,
@@ -29,6 +28,7 @@ from .._hubclient import (
     check_update_sastoken,
     config_from_connection_string,
     config_from_sastoken,
+    feature_filter,
     method_response_publish,
     parse_incoming,
     telemetry_publish,
@@ -42,16 +42,6 @@ __all__ = ["IoTHubDeviceClient"]
 _CLOSED = object()  # put in the inboxes at shutdown
 
 log = logging.getLogger(__name__)
-
-
-def _feature_filter(feature: str, config: HubConfig) -> str:
-    if feature == "c2d":
-        return topics.c2d_subscribe_filter(config.device_id)
-    return {
-        "methods": "$iothub/methods/POST/#",
-        "twin_patches": "$iothub/twin/PATCH/properties/desired/#",
-        "twin": "$iothub/twin/res/#",
-    }[feature]
 
 
 class IoTHubDeviceClient:
@@ -353,7 +343,7 @@ class IoTHubDeviceClient:
             await asyncio.shield(other)
 
     async def _subscribe_now(self, features: list[str]) -> bool:
-        subs = [(_feature_filter(f, self._config), 1) for f in features]
+        subs = [(feature_filter(f, self._config), 1) for f in features]
         try:
             await self._bounded(self._driver.subscribe(subs), None, "subscribe")
         except Exception as exc:

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 from iotdev_mqtt import MessageReceived, Will, topic_matches
 
 from .._errors import OperationTimeout
-from ..mqtt import default_port, tls_context_for
+from ..mqtt import client_setup
 from ..transport._asyncio import AsyncDriver
 from ..transport._credentials import X509
-from ..transport._endpoint import Endpoint, TransportName
+from ..transport._endpoint import TransportName
 from ..transport._options import ConnectOptions, Credentials, ReconnectPolicy
 
 if TYPE_CHECKING:
@@ -66,23 +66,9 @@ class MQTTClient:
         on_connection_state_change: Callable[[bool, str | None], Any] | None = None,
         on_background_exception: Callable[[BaseException], Any] | None = None,
     ) -> None:
-        if transport not in ("tcp", "tls", "websockets"):
-            raise ValueError(f"transport must be 'tcp', 'tls' or 'websockets', got {transport!r}")
-        if isinstance(password, str):
-            password = password.encode("utf-8")
-        creds: Credentials | Callable[[], Credentials] | None = credentials
-        if creds is None and (username is not None or password is not None):
-            creds = Credentials(username, password)
-        self.endpoint = Endpoint(
-            host=host,
-            port=port if port is not None else default_port(transport),
-            transport=transport,
-            tls_context=tls_context_for(transport, tls_context, server_verification_cert,
-                                        cipher, x509),
-            ws_path=ws_path,
-            proxy=proxy_options,
-            connect_timeout=connect_timeout,
-        )
+        self.endpoint, creds = client_setup(
+            host, port, transport, username, password, credentials, server_verification_cert,
+            tls_context, cipher, x509, ws_path, proxy_options, connect_timeout)
         self.on_message = on_message
         self._subscriptions: list[tuple[str, Handler]] = []
         self._queues: list[asyncio.Queue[MessageReceived]] = []
