@@ -876,12 +876,6 @@ def test_method_round_trip_aio(broker: Mosquitto, service: HubService, device_id
     run(main())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "iotdev.aio: setting on_method_request_received on a connected client only spawns "
-    "a task that subscribes later, so a request the hub sends right after the setter "
-    "returns (before the event loop runs that task) is lost; v2's aio setter waits until "
-    "the feature is enabled (SUBACK) before returning, and iotdev.aio offers no other "
-    "way to know when a handler's subscription is live"))
 def test_aio_handler_setter_subscribes_before_returning(
     broker: Mosquitto, service: HubService, device_id: str
 ) -> None:

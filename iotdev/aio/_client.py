@@ -8,7 +8,7 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from iotdev_mqtt import MessageReceived
@@ -268,7 +268,15 @@ class IoTHubDeviceClient:
                 self._mode[feature] = "handler"
             self._handlers[key] = handler
             if feature and handler is not None:
-                self._spawn(self._enable(feature))
+                if self._driver.connected and _loop_running():
+                    # SUBSCRIBE written before the setter returns (v2's setter
+                    # even waits for the SUBACK, which a coroutine-free setter
+                    # on the loop's own thread cannot do).
+                    wanted = {feature, "twin"} if feature == "twin_patches" else {feature}
+                    self._features.update(wanted)
+                    self._spawn(self._start_subscribe(wanted))
+                else:
+                    self._spawn(self._enable(feature))
 
         return property(getter, setter)
 
@@ -323,33 +331,52 @@ class IoTHubDeviceClient:
     async def _subscribe(self, features: set[str]) -> None:
         """As the sync client: one SUBSCRIBE for the features nobody asked for
         yet; wait for it and for those already in flight."""
+        await self._start_subscribe(features)
+
+    def _start_subscribe(self, features: set[str]) -> Coroutine[Any, Any, None]:
+        """Write the SUBSCRIBE for the features nobody asked for yet *now*
+        (synchronously, so a handler setter has it on the wire before it
+        returns) and return the coroutine that waits for it and for those
+        already in flight."""
         waiting = [self._subscribing[f] for f in features
                    if f in self._subscribing and f not in self._subscribed]
         todo = sorted(f for f in features
                       if f not in self._subscribed and f not in self._subscribing)
+        mine: asyncio.Future[None] | None = None
+        sent: asyncio.Future[Any] | BaseException | None = None
         if todo:
-            mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            mine = asyncio.get_running_loop().create_future()
             _quiet(mine)
             for f in todo:
                 self._subscribing[f] = mine
-            ok = await self._subscribe_now(todo)
-            for f in todo:
-                self._subscribing.pop(f, None)
-                if ok:
-                    self._subscribed.add(f)
-            if not mine.done():
-                mine.set_result(None)
+            try:
+                sent = self._driver.subscribe_nowait(
+                    [(feature_filter(f, self._config), 1) for f in todo])
+            except Exception as exc:
+                sent = exc
+        return self._finish_subscribe(todo, mine, sent, waiting)
+
+    async def _finish_subscribe(self, todo: list[str], mine: asyncio.Future[None] | None,
+                                sent: asyncio.Future[Any] | BaseException | None,
+                                waiting: list[asyncio.Future[None]]) -> None:
+        if mine is not None:
+            ok = False
+            try:
+                if isinstance(sent, BaseException):
+                    raise sent
+                await self._bounded(sent, None, "subscribe")
+                ok = True
+            except Exception as exc:
+                self._background(exc)
+            finally:
+                for f in todo:
+                    self._subscribing.pop(f, None)
+                    if ok:
+                        self._subscribed.add(f)
+                if not mine.done():
+                    mine.set_result(None)
         for other in waiting:
             await asyncio.shield(other)
-
-    async def _subscribe_now(self, features: list[str]) -> bool:
-        subs = [(feature_filter(f, self._config), 1) for f in features]
-        try:
-            await self._bounded(self._driver.subscribe(subs), None, "subscribe")
-        except Exception as exc:
-            self._background(exc)
-            return False
-        return True
 
     # ------------------------------------------------------------------ events
 
@@ -468,6 +495,14 @@ class IoTHubDeviceClient:
             self._spawn(self._driver.reauthorize())
         else:
             self._call("on_new_sastoken_required")
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _quiet(fut: asyncio.Future[Any]) -> None:

@@ -216,11 +216,18 @@ class AsyncDriver:
         return fut
 
     async def subscribe(self, subscriptions: list[tuple[str, int]]) -> tuple[int, ...]:
-        pid = self._request_check("subscribe")
+        result: tuple[int, ...] = await self.subscribe_nowait(subscriptions)
+        return result
+
+    def subscribe_nowait(self, subscriptions: list[tuple[str, int]]) -> asyncio.Future[Any]:
+        """Write the SUBSCRIBE now (before returning) and return a future that
+        resolves with the SUBACK's return codes.  What a synchronous caller (a
+        property setter) uses so the request is on the wire before it returns."""
+        self._request_check("subscribe")
         pid = self.engine.subscribe(subscriptions, now=self._now())
         fut = self._register(pid)
-        result: tuple[int, ...] = await fut
-        return result
+        self._flush()
+        return fut
 
     async def unsubscribe(self, topic_filters: list[str]) -> None:
         self._request_check("unsubscribe")
