@@ -135,4 +135,24 @@ class OperationCancelled(Exception):
 
 
 class ServiceError(Exception):
-    """The service answered with an error status."""
+    """The service answered with an error status.
+
+    Attributes:
+        status: the status (HTTP, or the twin response's), or ``None``.
+        code: the service's error code when it gave one (IoT Hub's
+            ``ErrorCode``, Azure Storage's ``<Code>``), else ``""``.
+        retry_after: seconds the service asked us to wait (``Retry-After``), or
+            ``None``.
+    """
+
+    def __init__(self, message: str = "", status: int | None = None, code: str = "",
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after
+
+    @property
+    def throttled(self) -> bool:
+        """The service is throttling us (429): retry later."""
+        return self.status == 429

@@ -9,7 +9,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iotdev_mqtt import MessageReceived
 
@@ -27,6 +27,9 @@ from .transport._credentials import X509
 from .transport._endpoint import Endpoint
 from .transport._options import ConnectOptions, Credentials, ReconnectPolicy
 
+if TYPE_CHECKING:
+    from ._upload import UploadConfig
+
 __all__ = ["HubConfig", "ParsedIncoming", "build_config"]
 
 D2C_LIMIT = 262_144
@@ -39,7 +42,7 @@ _KNOWN_OPTIONS = {
     "proxy_options", "sastoken_ttl", "keep_alive", "auto_connect", "connection_retry",
     "connection_retry_interval", "ensure_desired_properties",
     # iotdev extensions
-    "port", "operation_timeout", "max_queued_messages",
+    "port", "operation_timeout", "max_queued_messages", "https_port",
 }
 
 
@@ -68,7 +71,9 @@ class HubConfig:
     port: int | None = None
     operation_timeout: float = DEFAULT_OPERATION_TIMEOUT
     max_queued_messages: int = 10_000
+    https_port: int = 443
     token_expiry: float | None = field(default=None, repr=False)
+    _contexts: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def client_id(self) -> str:
@@ -85,6 +90,49 @@ class HubConfig:
                         transport="websockets" if self.websockets else "tls",
                         tls_context=ctx, ws_path="/$iothub/websocket",
                         proxy=self.proxy_options, connect_timeout=30.0)
+
+    def upload_config(self) -> UploadConfig:
+        """What the file-upload flows need (``_upload.py``): the hub's HTTPS
+        endpoint (the gateway when set, ``https_port``, the MQTT TLS settings and
+        proxy), blob endpoints (certifi's roots plus ``server_verification_cert``),
+        a fresh ``Authorization`` per request, the user agent."""
+        from ._auth import default_user_agent
+        from ._upload import UploadConfig
+        from .transport._tls import make_client_context
+
+        contexts = self._contexts
+        if "hub" not in contexts:
+            contexts["hub"] = make_client_context(
+                server_verification_cert=self.server_verification_cert,
+                cipher=self.cipher or None, x509=self.x509)
+            blob = make_client_context(server_verification_cert=self.server_verification_cert,
+                                       cipher=self.cipher or None, x509=self.x509)
+            if self.server_verification_cert is not None:
+                import certifi  # storage has public certificates; the gateway may not
+
+                blob.load_verify_locations(cafile=certifi.where())
+            contexts["blob"] = blob
+        hub = Endpoint(host=self.gateway_hostname or self.hostname, port=self.https_port,
+                       transport="tls", tls_context=contexts["hub"],
+                       proxy=self.proxy_options, connect_timeout=30.0)
+
+        def blob_endpoint(host: str, port: int) -> Endpoint:
+            return Endpoint(host=host, port=port, transport="tls", tls_context=contexts["blob"],
+                            proxy=self.proxy_options, connect_timeout=30.0)
+
+        return UploadConfig(hostname=self.hostname, device_id=self.device_id, hub_endpoint=hub,
+                            blob_endpoint=blob_endpoint, authorization=self.http_authorization,
+                            user_agent=default_user_agent() + str(self.product_info or ""),
+                            timeout=self.operation_timeout)
+
+    def http_authorization(self) -> str | None:
+        """The ``Authorization`` header of an HTTPS call: a token made now from the
+        key, the user's token, or ``None`` (X.509).  Leaves the MQTT token's
+        renewal schedule alone."""
+        if self.symmetric_key is not None:
+            return generate_sas_token(self.resource_uri(), self.symmetric_key,
+                                      int(time.time() + self.sastoken_ttl))
+        return self.sastoken
 
     def username(self) -> str:
         return build_username(self.hostname, self.client_id, product_info=self.product_info)
@@ -135,7 +183,7 @@ def _check_options(kwargs: dict[str, Any]) -> dict[str, Any]:
             raise TypeError("proxy_options must be a ProxyOptions")
     for name, low, high in (("sastoken_ttl", 1, None), ("keep_alive", 1, 1740),
                             ("connection_retry_interval", 1, None), ("port", 1, 65535),
-                            ("max_queued_messages", 1, None)):
+                            ("max_queued_messages", 1, None), ("https_port", 1, 65535)):
         if name in kwargs:
             value = kwargs[name]
             if isinstance(value, bool) or not isinstance(value, int):
@@ -284,9 +332,7 @@ class TwinRequests:
     def outcome(status: int, body: bytes) -> Any:
         """The twin document (GET), ``None`` (PATCH), or raise ``ServiceError``."""
         if status >= 300:
-            error = ServiceError(f"twin operation returned status {status}")
-            error.status = status  # type: ignore[attr-defined]
-            raise error
+            raise ServiceError(f"twin operation returned status {status}", status=status)
         text = body.decode("utf-8").strip()
         return json.loads(text) if text else None
 

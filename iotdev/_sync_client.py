@@ -62,6 +62,7 @@ class IoTHubDeviceClient:
         self._lock = threading.Lock()
         self._last_desired_version: int | None = None
         self._shutdown = False
+        self._http_sessions: set[Any] = set()  # HTTPSessions of calls in progress
         self._driver = ThreadDriver(
             config.endpoint(), config.connect_options(),
             reconnect=config.reconnect_policy(),
@@ -149,8 +150,107 @@ class IoTHubDeviceClient:
         self._fail_twin(OperationCancelled("shutdown() was called"))
         with self._lock:
             boxes = list(self._inboxes.values())
+            sessions = list(self._http_sessions)
+        for session in sessions:  # uploads in other threads end with OperationCancelled
+            session.cancel("shutdown() was called")
         for box in boxes:  # wake receive_*() calls blocked without a timeout
             box.put(_CLOSED)
+
+    # ------------------------------------------------------------ file upload
+
+    def get_storage_info_for_blob(self, blob_name: str) -> dict[str, Any]:
+        """Ask the hub where to upload a file (HTTPS; does not need or use the
+        MQTT connection).
+
+        Args:
+            blob_name: the file's name; the hub prefixes it with the device id.
+
+        Returns:
+            The hub's answer: ``correlationId``, ``hostName``, ``containerName``,
+            ``blobName``, ``sasToken``.
+
+        Raises:
+            ServiceError: the hub refused (``.status``, ``.code``; 429 after the
+                retries is ``.throttled``).  ConnectionFailedError,
+                ConnectionDroppedError: after the retries.  OperationTimeout: an
+                exchange took over ``operation_timeout``.  OperationCancelled:
+                ``shutdown()`` was called meanwhile.
+        """
+        self._check_alive()
+        from ._upload import check_blob_name, storage_info
+
+        check_blob_name(blob_name)
+        config = self._config.upload_config()
+        info: dict[str, Any] = self._run_http(
+            lambda session: storage_info(config, session, blob_name))
+        return info
+
+    def notify_blob_upload_status(self, correlation_id: str, is_success: bool,
+                                  status_code: int, status_description: str) -> None:
+        """Tell the hub how an upload ended (always do, or the hub holds the slot
+        until the SAS token expires).  Raises as ``get_storage_info_for_blob``."""
+        self._check_alive()
+        from ._upload import check_notification, notify
+
+        check_notification(correlation_id, is_success, status_code, status_description)
+        config = self._config.upload_config()
+        self._run_http(lambda session: notify(config, session, correlation_id, is_success,
+                                              status_code, status_description))
+
+    def upload_blob(self, blob_name: str, data: Any, *, content_type: str | None = None,
+                    progress: Callable[[int, int | None], Any] | None = None) -> Any:
+        """Upload a file to the hub's storage and notify the hub (beyond v2).
+
+        Args:
+            blob_name: the file's name in storage (under the device id).
+            data: ``bytes``, a path (``str`` or ``os.PathLike``), or a binary file
+                object; large files are streamed in blocks (constant memory).
+            content_type: the blob's content type (``application/octet-stream``).
+            progress: ``progress(bytes_sent, total_or_None)``, called in this
+                thread as the data goes out (a retried block is counted again).
+
+        Returns:
+            A ``BlobUploadResult`` (blob name, URL without the SAS, size, blocks,
+            correlation id, storage status).
+
+        Raises:
+            TypeError, ValueError: bad arguments or an unreadable path.
+            ServiceError, ConnectionFailedError, ConnectionDroppedError,
+            OperationTimeout, OperationCancelled: as ``get_storage_info_for_blob``;
+            when the upload itself failed the hub was notified with
+            ``is_success=False`` first.
+        """
+        self._check_alive()
+        from ._upload import check_blob_name, open_source, upload
+
+        check_blob_name(blob_name)
+        if content_type is not None and not isinstance(content_type, str):
+            raise TypeError("content_type must be a str")
+        if progress is not None and not callable(progress):
+            raise TypeError("progress must be callable")
+        source = open_source(data)
+        config = self._config.upload_config()
+        try:
+            return self._run_http(
+                lambda session: upload(config, session, blob_name, source, content_type),
+                progress)
+        finally:
+            source.close()
+
+    def _run_http(self, make: Callable[[Any], Any],
+                  progress: Callable[[int, int | None], Any] | None = None) -> Any:
+        from .transport._http import HTTPSession, run_sync
+
+        session = HTTPSession()
+        with self._lock:
+            self._http_sessions.add(session)
+        try:
+            if self._shutdown:
+                session.cancel("shutdown() was called")
+            return run_sync(make(session), session, progress)
+        finally:
+            with self._lock:
+                self._http_sessions.discard(session)
 
     def update_sastoken(self, sastoken: str) -> None:
         """Replace the SAS token (clients made with ``create_from_sastoken``);

@@ -60,6 +60,7 @@ class IoTHubDeviceClient:
         self._twin_waiters: dict[str, asyncio.Future[Any]] = {}
         self._last_desired_version: int | None = None
         self._shutdown = False
+        self._http_sessions: set[Any] = set()  # HTTPSessions of calls in progress
         self._renew_handle: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._driver = AsyncDriver(
@@ -137,8 +138,68 @@ class IoTHubDeviceClient:
         self._fail_twin(OperationCancelled("shutdown() was called"))
         for box in self._inboxes.values():  # wake receive_*() calls
             box.put_nowait(_CLOSED)
+        for session in list(self._http_sessions):  # uploads end with OperationCancelled
+            session.cancel("shutdown() was called")
         for task in list(self._tasks):
             task.cancel()
+
+    # ------------------------------------------------------------ file upload
+
+    async def get_storage_info_for_blob(self, blob_name: str) -> dict[str, Any]:
+        """As ``iotdev.IoTHubDeviceClient.get_storage_info_for_blob``, on this loop."""
+        self._check_alive()
+        from .._upload import check_blob_name, storage_info
+
+        check_blob_name(blob_name)
+        config = self._config.upload_config()
+        result: dict[str, Any] = await self._run_http(
+            lambda session: storage_info(config, session, blob_name))
+        return result
+
+    async def notify_blob_upload_status(self, correlation_id: str, is_success: bool,
+                                        status_code: int, status_description: str) -> None:
+        """As ``iotdev.IoTHubDeviceClient.notify_blob_upload_status``."""
+        self._check_alive()
+        from .._upload import check_notification, notify
+
+        check_notification(correlation_id, is_success, status_code, status_description)
+        config = self._config.upload_config()
+        await self._run_http(lambda session: notify(config, session, correlation_id,
+                                                    is_success, status_code,
+                                                    status_description))
+
+    async def upload_blob(self, blob_name: str, data: Any, *, content_type: str | None = None,
+                          progress: Callable[[int, int | None], Any] | None = None) -> Any:
+        """As ``iotdev.IoTHubDeviceClient.upload_blob``; ``progress`` may be a
+        coroutine function.  Blocks are read from the file on the loop (a few
+        milliseconds per 4 MiB block)."""
+        self._check_alive()
+        from .._upload import check_blob_name, open_source, upload
+
+        check_blob_name(blob_name)
+        if content_type is not None and not isinstance(content_type, str):
+            raise TypeError("content_type must be a str")
+        if progress is not None and not callable(progress):
+            raise TypeError("progress must be callable")
+        source = open_source(data)
+        config = self._config.upload_config()
+        try:
+            return await self._run_http(
+                lambda session: upload(config, session, blob_name, source, content_type),
+                progress)
+        finally:
+            source.close()
+
+    async def _run_http(self, make: Callable[[Any], Any],
+                        progress: Callable[[int, int | None], Any] | None = None) -> Any:
+        from ..transport._http import HTTPSession, run_async
+
+        session = HTTPSession()
+        self._http_sessions.add(session)
+        try:
+            return await run_async(make(session), session, progress)
+        finally:
+            self._http_sessions.discard(session)
 
     async def update_sastoken(self, sastoken: str) -> None:
         self._check_alive()
