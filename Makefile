@@ -6,7 +6,7 @@ PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed
 FUZZ_SECONDS ?= 20
 
-.PHONY: all test lint typecheck fuzz fuzz-long pytest bench demo mosquitto proxies clean
+.PHONY: audit all test lint typecheck fuzz fuzz-long pytest bench demo mosquitto proxies clean
 
 all: test
 
@@ -69,6 +69,12 @@ typecheck: $(STAMP)
 
 fuzz: $(STAMP)
 	$(PY) -m fuzz --seconds $(FUZZ_SECONDS)
+
+# Known vulnerabilities in the installed dependencies (pip-audit asks PyPI's
+# advisory database, so it needs the network; not part of `make test`).
+audit: $(STAMP)
+	$(PY) -m pip install -q pip-audit
+	$(BIN)/pip-audit --local --skip-editable
 
 fuzz-long: $(STAMP)
 	$(PY) -m fuzz --seconds 600

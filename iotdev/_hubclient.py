@@ -53,8 +53,8 @@ class HubConfig:
     hostname: str
     device_id: str
     module_id: str | None = None
-    symmetric_key: str | None = None
-    sastoken: str | None = None
+    symmetric_key: str | None = field(default=None, repr=False)  # secrets stay out of repr()
+    sastoken: str | None = field(default=None, repr=False)
     x509: X509 | None = None
     server_verification_cert: str | None = None
     gateway_hostname: str | None = None
@@ -106,7 +106,7 @@ class HubConfig:
                 server_verification_cert=self.server_verification_cert,
                 cipher=self.cipher or None, x509=self.x509)
             blob = make_client_context(server_verification_cert=self.server_verification_cert,
-                                       cipher=self.cipher or None, x509=self.x509)
+                                       cipher=self.cipher or None)  # storage takes the SAS
             if self.server_verification_cert is not None:
                 import certifi  # storage has public certificates; the gateway may not
 

@@ -24,7 +24,8 @@ or threads here; randomness (back-off jitter) comes from the ``Random`` in
   connection.
 
 Retries: a request answered 429, 408 or 5xx, or whose connection failed or
-dropped, is tried again up to ``retries`` more times after
+dropped (not a TLS or proxy-credential refusal: those do not heal), is tried
+again up to ``retries`` more times after
 ``min(backoff_max, backoff * 2**n)`` seconds with +-25 % jitter, or after the
 service's ``Retry-After`` (seconds or an HTTP date; capped at
 ``retry_after_max``).  Other statuses raise ``ServiceError`` at once, with the
@@ -45,7 +46,14 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 from urllib.parse import quote, quote_plus, urlsplit
 
-from ._errors import ClientError, ConnectionDroppedError, ConnectionFailedError, ServiceError
+from ._errors import (
+    ClientError,
+    ConnectionDroppedError,
+    ConnectionFailedError,
+    CredentialError,
+    ServiceError,
+    TLSError,
+)
 from .transport._endpoint import Endpoint
 from .transport._http import (
     Deadline,
@@ -137,9 +145,9 @@ def _call(config: UploadConfig, session: HTTPSession, endpoint: Endpoint,
         yield Deadline(config.timeout, what)
         try:
             response = yield from session.connection(endpoint).request(request)
-        except (ConnectionFailedError, ConnectionDroppedError):
-            if attempt >= config.retries:
-                raise
+        except (ConnectionFailedError, ConnectionDroppedError) as exc:
+            if attempt >= config.retries or isinstance(exc, TLSError | CredentialError):
+                raise  # a certificate or a password does not get better by retrying
             delay = _backoff(config, attempt)
         else:
             if response.status < 300:

@@ -135,6 +135,28 @@ def test_expired_server_certificate(test_ca: CertAuthority, tls_server: Any) -> 
         assert isinstance(error.__cause__, ssl.SSLCertVerificationError)
 
 
+def test_device_client_checks_the_host_name_for_mqtt_and_https(
+        test_ca: CertAuthority, tls_server: Any) -> None:
+    """A certificate from the trusted CA but for another name is refused by the
+    device client's MQTT connection and by its HTTPS (file upload) calls."""
+    from iotdev import IoTHubDeviceClient
+
+    cert = test_ca.issue_server_cert("other.example", dns_names=("other.example",), ips=(),
+                                     file_stem="other-name")
+    server = tls_server(_handshake_then_wait(_server_context(cert)))
+    client = IoTHubDeviceClient.create_from_symmetric_key(
+        "QUJDRA==", "localhost", "dev", server_verification_cert=test_ca.ca_cert_pem,
+        port=server.port, https_port=server.port, connection_retry=False,
+        operation_timeout=TIMEOUT)
+    try:
+        for call in (client.connect, lambda: client.get_storage_info_for_blob("x")):
+            with pytest.raises(TLSVerificationError) as refused:
+                call()
+            assert "localhost" in str(refused.value) or "mismatch" in refused.value.reason
+    finally:
+        client.shutdown()
+
+
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
 def test_server_offering_only_tls_1_1(test_ca: CertAuthority, tls_server: Any) -> None:
     try:
