@@ -12,18 +12,26 @@ Every blocking SDK call goes through ``_run`` / ``_arun`` with a timeout (the SD
 own operations never time out), every client is ``shutdown()`` in a ``finally``,
 and the SDK's log is captured at DEBUG so that a failing test shows what went over
 the wire.
+
+File upload: the SDK's ``get_storage_info_for_blob`` / ``notify_blob_upload_status``
+go over HTTPS (``requests``) to port 443 of ``HostName``, the hub's device port,
+shared with MQTT over WebSocket; the blob PUT in between is the application's
+(``http.client`` here), as in the SDK's samples.
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import logging
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit
 
 import pytest
 
@@ -765,3 +773,123 @@ def test_aio_authentication_refused(hub: Hub, case: str) -> None:
 
     error = asyncio.run(main())
     assert _refused_credential(error), repr(error)
+
+
+# -------------------------------------------------------------- file upload
+
+
+def _put_file(hub: Hub, info: dict[str, Any], body: bytes) -> int:
+    """The application's part: PUT the file to the storage info's blob URL."""
+    url = urlsplit(f"https://{info['hostName']}/{info['containerName']}/"
+                   f"{quote(info['blobName'])}{info['sasToken']}")
+    assert url.hostname is not None
+    conn = http.client.HTTPSConnection(
+        url.hostname, url.port or 443, timeout=TIMEOUT,
+        context=ssl.create_default_context(cafile=str(hub.ca_path)))
+    try:
+        conn.request("PUT", f"{url.path}?{url.query}", body=body,
+                     headers={"x-ms-blob-type": "BlockBlob"})
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def _check_upload(hub: Hub, device_id: str, blob_name: str, body: bytes, status: str,
+                  code: int, description: str) -> None:
+    (upload,) = hub.uploads(device_id)
+    assert (upload.blob_name, upload.status, upload.status_code, upload.status_description) \
+        == (f"{device_id}/{blob_name}", status, code, description)
+    assert upload.size == len(body)
+    assert upload.path is not None and upload.path.read_bytes() == body
+
+
+def test_sync_file_upload(hub: Hub) -> None:
+    device_id = _device(hub, "sync-upload")
+    client = _sync_client(hub, device_id)
+    body = b"time,temp\n1,21.5\n"
+    try:
+        info = _run(lambda: client.get_storage_info_for_blob("reports/day 1.csv"))
+        assert info["hostName"] == ADDRESS  # port 443: none in the host name
+        assert info["blobName"] == f"{device_id}/reports/day 1.csv"
+        assert info["sasToken"].startswith("?sv=2018-03-28&sr=b&sig=")
+        assert _put_file(hub, info, body) == 201
+        _run(lambda: client.notify_blob_upload_status(
+            info["correlationId"], True, 200, "uploaded by the sample"))
+        assert not client.connected  # HTTP needs no MQTT connection
+    finally:
+        _shutdown(client)
+    _check_upload(hub, device_id, "reports/day 1.csv", body, "succeeded", 200,
+                  "uploaded by the sample")
+
+
+def test_sync_file_upload_failure_and_refusals(hub: Hub) -> None:
+    device_id = _device(hub, "sync-upload-fail")
+    client = _sync_client(hub, device_id)
+    try:
+        info = _run(lambda: client.get_storage_info_for_blob("broken.bin"))
+        assert _put_file(hub, info, b"half") == 201
+        _run(lambda: client.notify_blob_upload_status(
+            info["correlationId"], False, 500, "the device ran out of disk"))
+        with pytest.raises(ClientError) as error:  # notified already: 400
+            _run(lambda: client.notify_blob_upload_status(info["correlationId"], True, 200,
+                                                          "again"))
+        assert isinstance(error.value.__cause__, ServiceError), repr(error.value.__cause__)
+        assert "400" in str(error.value.__cause__)
+    finally:
+        _shutdown(client)
+    _check_upload(hub, device_id, "broken.bin", b"half", "failed", 500,
+                  "the device ran out of disk")
+    other = hub.add_device(f"{device_id}-other")
+    wrong = IoTHubDeviceClient.create_from_connection_string(
+        f"HostName={ADDRESS};DeviceId={device_id};SharedAccessKey={other.primary_key}",
+        server_verification_cert=hub.ca_pem)
+    try:
+        with pytest.raises(ClientError) as error:
+            _run(lambda: wrong.get_storage_info_for_blob("nope.txt"))
+        assert "401" in str(error.value.__cause__), repr(error.value.__cause__)
+    finally:
+        _shutdown(wrong)
+    assert len(hub.uploads(device_id)) == 1
+
+
+def test_sync_x509_file_upload(hub: Hub) -> None:
+    """The SDK's HTTP presents the client certificate (no Authorization header)."""
+    device_id = f"sync-x509-upload-{next(_next_id)}"
+    cert = hub.add_x509_device(device_id)
+    client = IoTHubDeviceClient.create_from_x509_certificate(
+        X509(str(cert.cert_file), str(cert.key_file)), ADDRESS, device_id,
+        server_verification_cert=hub.ca_pem)
+    body = b"\x00\x01 a signed upload"
+    try:
+        info = _run(lambda: client.get_storage_info_for_blob("cert.bin"))
+        assert _put_file(hub, info, body) == 201
+        _run(lambda: client.notify_blob_upload_status(info["correlationId"], True, 201, "ok"))
+    finally:
+        _shutdown(client)
+    _check_upload(hub, device_id, "cert.bin", body, "succeeded", 201, "ok")
+
+
+def test_aio_file_upload_next_to_mqtt_over_websockets(hub: Hub) -> None:
+    """The asyncio client uploads while it is connected over WebSocket: both on 443."""
+    device_id = _device(hub, "aio-upload")
+    body = b"async file"
+
+    async def main() -> None:
+        client = _aio_client(hub, device_id, websockets=True)
+        try:
+            await _arun(client.connect())
+            assert _local_port(hub, device_id) == 443
+            info = await _arun(client.get_storage_info_for_blob("aio/file.txt"))
+            assert info["blobName"] == f"{device_id}/aio/file.txt"
+            assert await asyncio.to_thread(_put_file, hub, info, body) == 201
+            await _arun(client.notify_blob_upload_status(info["correlationId"], True, 200,
+                                                         "async ok"))
+            await _arun(client.send_message("uploaded"))
+        finally:
+            await _arun(client.shutdown())
+
+    asyncio.run(main())
+    _check_upload(hub, device_id, "aio/file.txt", body, "succeeded", 200, "async ok")
+    assert hub.wait_for_telemetry(device_id, 1, timeout=TIMEOUT)[0].body == b"uploaded"

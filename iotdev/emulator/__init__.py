@@ -16,7 +16,9 @@ Command line: ``iotdev-hub serve`` / ``python -m iotdev.emulator serve``.
 
 from __future__ import annotations
 
+from ._files import FileUpload
 from ._hub import Hub, MethodResult
 from ._store import C2DMessage, Device, TelemetryMessage, Twin
 
-__all__ = ["C2DMessage", "Device", "Hub", "MethodResult", "TelemetryMessage", "Twin"]
+__all__ = ["C2DMessage", "Device", "FileUpload", "Hub", "MethodResult", "TelemetryMessage",
+           "Twin"]

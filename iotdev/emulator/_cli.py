@@ -10,6 +10,7 @@ talk to a running one through its HTTPS service API.
     iotdev-hub invoke thermostat-1 reboot '{"delay": 5}' --timeout 10
     iotdev-hub c2d thermostat-1 'hello' --message-id m1 --property k=v
     iotdev-hub telemetry [thermostat-1] [--follow]
+    iotdev-hub uploads [thermostat-1] [--json]
 
 The client subcommands take ``--url`` (default ``https://127.0.0.1:8443``,
 what ``serve`` listens on by default) and ``--ca`` (default
@@ -100,6 +101,11 @@ def _parser() -> argparse.ArgumentParser:
     telemetry.add_argument("--since", type=float, default=None, metavar="EPOCH",
                            help="from this time (default: everything, or now with --follow)")
     sub.add_parser("devices", parents=[client], help="list the registered devices")
+    uploads = sub.add_parser("uploads", parents=[client],
+                             help="list the file uploads devices started")
+    uploads.add_argument("device", nargs="?", default=None)
+    uploads.add_argument("--json", action="store_true",
+                         help="one JSON object a line (with the blob's path on disk)")
     return parser
 
 
@@ -354,6 +360,25 @@ def _devices(client: _ServiceClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _uploads(client: _ServiceClient, args: argparse.Namespace) -> int:
+    path = _path("devices", args.device, "files") if args.device else "/files"
+    uploads = client.request("GET", path)
+    if args.json:
+        for upload in uploads:
+            print(json.dumps(upload, ensure_ascii=False))
+        return 0
+    rows = [(u["createdTimeUtc"], u["deviceId"], u["status"],
+             "-" if u["statusCode"] is None else str(u["statusCode"]),
+             "-" if u["size"] is None else str(u["size"]), u["blobName"]) for u in uploads]
+    titles = ("CREATED", "DEVICE", "STATUS", "CODE", "SIZE", "BLOB")
+    widths = [max([len(title), *(len(row[i]) for row in rows)])
+              for i, title in enumerate(titles[:-1])]
+    for row in (titles, *rows):
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)]
+        print("  ".join([*cells, row[-1]]))
+    return 0
+
+
 def _telemetry(client: _ServiceClient, args: argparse.Namespace) -> int:
     path = _path("devices", args.device, "messages", "events") if args.device \
         else "/messages/events"
@@ -419,4 +444,5 @@ _COMMANDS = {
     "desired": _desired,
     "telemetry": _telemetry,
     "devices": _devices,
+    "uploads": _uploads,
 }

@@ -1,6 +1,8 @@
 """One device connection of the emulator: an ``asyncio.Protocol`` that stacks
 server-side TLS (and WebSocket) under ``iotdev_mqtt.ServerConnection`` and
-hands the events to the hub."""
+hands the events to the hub; and the device port's first step, which reads
+the first request line to pick MQTT over WebSocket or the device HTTP API
+(file upload), as IoT Hub's port 443 does."""
 
 from __future__ import annotations
 
@@ -15,24 +17,29 @@ from .._errors import ClientError
 from ..transport._layer import Stack
 from ..transport._tls import TLSLayer
 from ..transport._ws import WebSocketServerLayer
+from ._http import MAX_HEAD, HTTPConnection
 
 if TYPE_CHECKING:
+    from ._files import DeviceAPI
     from ._hub import Hub
 
-__all__ = ["DeviceConnection"]
+__all__ = ["DeviceConnection", "DevicePortConnection"]
 
 log = logging.getLogger(__name__)
 
 WS_PATH = "/$iothub/websocket"
+FIRST_REQUEST_TIMEOUT = 30.0
+"""Seconds the device port waits for the TLS handshake and a request line."""
 
 
 class DeviceConnection(asyncio.Protocol):
     """The server side of one device's transport."""
 
-    def __init__(self, hub: Hub, context: ssl.SSLContext, *, websocket: bool) -> None:
+    def __init__(self, hub: Hub, context: ssl.SSLContext, *, websocket: bool,
+                 tls: TLSLayer | None = None) -> None:
         self.hub = hub
         self.loop = asyncio.get_running_loop()
-        layers: list[Any] = [TLSLayer(context, None, server_side=True)]
+        layers: list[Any] = [tls or TLSLayer(context, None, server_side=True)]
         if websocket:
             layers.append(WebSocketServerLayer(path=WS_PATH))
         self.stack = Stack(layers)
@@ -54,11 +61,21 @@ class DeviceConnection(asyncio.Protocol):
         self.stack.start()
         self._arm_timer()
 
+    def adopt(self, transport: asyncio.BaseTransport, plaintext: bytes) -> None:
+        """Carry on a connection whose TLS handshake is done (the ``tls`` given
+        to the constructor): ``plaintext`` is what was already received and
+        decrypted.  The caller has made this object the transport's protocol."""
+        self.connection_made(transport)  # TLS is established: its start() is a no-op
+        self._receive(plaintext, decrypted=True)
+
     def data_received(self, data: bytes) -> None:
+        self._receive(data, decrypted=False)
+
+    def _receive(self, data: bytes, *, decrypted: bool) -> None:
         if self.closed:
             return
         try:
-            app = self.stack.receive_data(data)
+            app = self._above_tls(data) if decrypted else self.stack.receive_data(data)
             if app:
                 self.handle(self.engine.receive_data(app, now=self.loop.time()))
         except ProtocolError as exc:
@@ -72,6 +89,15 @@ class DeviceConnection(asyncio.Protocol):
             self.close("the device closed the connection")
             return
         self.flush()
+
+    def _above_tls(self, data: bytes) -> bytes:
+        """Decrypted bytes through the layers above TLS; returns MQTT bytes."""
+        for layer in self.stack.layers[1:]:
+            if not data:
+                break
+            data = layer.receive_data(data)
+        self.stack.flush()
+        return data
 
     def eof_received(self) -> bool | None:
         self.close("the device closed the connection")
@@ -129,9 +155,12 @@ class DeviceConnection(asyncio.Protocol):
             return
         try:
             out = self.engine.data_to_send()
-            if out and self.transport is not None:
+            if out:
                 self.stack.send(out)
-                self.transport.write(self.stack.data_to_send())
+            self.stack.flush()  # also what a layer queued (a WebSocket refusal)
+            raw = self.stack.data_to_send()
+            if raw and self.transport is not None:
+                self.transport.write(raw)
         except Exception:  # the connection is going anyway
             pass
         self.closed = True
@@ -146,3 +175,111 @@ class DeviceConnection(asyncio.Protocol):
                 pass
         log.debug("connection %s (%s) closed: %s", self.peer, self.device_id, reason)
         self.hub._on_closed(self, reason)
+
+
+class DevicePortConnection(asyncio.Protocol):
+    """The device port (``ws_port``, 443 by default) before it knows what it
+    serves: TLS, then the first request line decides.  ``GET
+    /$iothub/websocket`` (the MQTT WebSocket upgrade) goes to a
+    ``DeviceConnection``; anything else to the device HTTP API (file upload,
+    blobs; ``_files.py``).  The chosen protocol object becomes the transport's
+    protocol and gets the TLS session and the bytes already decrypted."""
+
+    def __init__(self, hub: Hub, context: ssl.SSLContext, api: DeviceAPI) -> None:
+        self.hub = hub
+        self.context = context
+        self.api = api
+        self.loop = asyncio.get_running_loop()
+        self.tls = TLSLayer(context, None, server_side=True)
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.peer = "?"
+        self._buffer = bytearray()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.api.pending.add(self)
+        self._timer = self.loop.call_later(FIRST_REQUEST_TIMEOUT, self.close,
+                                           "no request in time")
+        try:
+            self.tls.start()
+        except ClientError as exc:
+            self.close(f"TLS: {exc}")
+            return
+        self._write()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            self._buffer += self.tls.receive_data(data)
+        except ClientError as exc:
+            self.close(f"TLS: {exc}")
+            return
+        self._write()
+        if self.tls.closed:
+            self.close("the client closed the connection before a request")
+            return
+        end = self._buffer.find(b"\n")
+        if end < 0 and len(self._buffer) <= MAX_HEAD:
+            return  # h11 answers a request line over MAX_HEAD
+        self._hand_over(bytes(self._buffer[:max(end, 0)]).rstrip(b"\r"))
+
+    def _hand_over(self, line: bytes) -> None:
+        method, _, rest = line.partition(b" ")
+        path = rest.partition(b" ")[0].partition(b"?")[0]
+        transport = self.transport
+        assert transport is not None
+        plaintext = bytes(self._buffer)
+        self._detach()
+        new: DeviceConnection | HTTPConnection
+        if method == b"GET" and path == WS_PATH.encode():
+            new = DeviceConnection(self.hub, self.context, websocket=True, tls=self.tls)
+        else:
+            new = HTTPConnection(self.api, tls=self.tls)
+        transport.set_protocol(new)
+        new.adopt(transport, plaintext)
+
+    def eof_received(self) -> bool | None:
+        self.close("the client closed the connection before a request")
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close(f"connection lost: {exc}" if exc else "connection closed")
+
+    def _write(self) -> None:
+        raw = self.tls.data_to_send()
+        if raw and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(raw)
+
+    def _detach(self) -> None:
+        self.closed = True
+        self._buffer.clear()
+        self.api.pending.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def close(self, reason: str) -> None:
+        """Close the connection (TLS close_notify first)."""
+        if self.closed:
+            return
+        self._detach()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            try:
+                self.tls.close()
+                self._write_to(transport)
+            except Exception:  # the connection is going anyway
+                pass
+            transport.close()
+        log.debug("device port: connection %s closed: %s", self.peer, reason)
+
+    def _write_to(self, transport: asyncio.Transport) -> None:
+        raw = self.tls.data_to_send()
+        if raw:
+            transport.write(raw)

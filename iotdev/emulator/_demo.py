@@ -38,7 +38,7 @@ def run_demo(seconds_of_telemetry: float = 2.0) -> int:
         assert device.primary_key is not None
         device_client = IoTHubDeviceClient.create_from_connection_string(
             hub.connection_string(device.device_id), server_verification_cert=hub.ca_pem,
-            port=hub.mqtt_port)
+            port=hub.mqtt_port, https_port=hub.ws_port)
         sample = _SampleDevice(device_client)
         device_client.on_method_request_received = sample.on_method
         device_client.on_twin_desired_properties_patch_received = sample.on_desired
@@ -72,6 +72,14 @@ def run_demo(seconds_of_telemetry: float = 2.0) -> int:
             if not sample.c2d.wait(10):
                 _say("hub", "the cloud-to-device message was not received")
                 return 1
+            log = "\n".join(f"{n:04d} temperature ok" for n in range(200)).encode()
+            upload = device_client.upload_blob("diagnostics/today.log", log,
+                                               content_type="text/plain")
+            _say("device", f"uploaded {upload.size} bytes to {upload.url} (HTTPS, "
+                           "then notified the hub)")
+            for record in hub.uploads("thermostat-1"):
+                _say("hub", f"file upload {record.blob_name}: {record.status}, "
+                            f"{record.size} bytes stored")
             device_client.disconnect()
             _say("device", "disconnected")
         finally:

@@ -21,6 +21,10 @@ connection.  A second connection of the same device drops the first.  Only the
 IoT Hub topics may be subscribed (others get 0x80, at most 5 subscriptions,
 QoS 2 granted as 1); a PUBLISH at QoS 2, to a topic the device may not use, or
 over 256 KB closes the connection.
+
+The device port (``ws_port``) serves MQTT over WebSocket and, on the same TLS
+port as IoT Hub, the device HTTP API: file upload and the blob endpoint
+(``_conn.DevicePortConnection``, ``_files.py``, ``_blobs.py``).
 """
 
 from __future__ import annotations
@@ -52,8 +56,10 @@ from iotdev_mqtt import (
 
 from .. import _hub_topics as topics
 from .._auth import SasTokenError, parse_username, verify_sas_token
+from ._blobs import BlobStore
 from ._certs import CertPaths, ensure_certificates
-from ._conn import DeviceConnection
+from ._conn import DeviceConnection, DevicePortConnection
+from ._files import DEFAULT_CONTAINER, DEFAULT_SAS_TTL, DeviceAPI, FileUpload, UploadRegistry
 from ._service import ServiceAPI  # service API (HTTPS)
 from ._store import C2DMessage, Device, Store, TelemetryMessage, TwinError
 from ._x509 import DeviceCertificate, issue_device_certificate, thumbprints
@@ -93,8 +99,9 @@ class Hub:
         hub_name: the hub's host name (in tokens, user names, connection strings).
         host: the address to listen on.
         mqtt_port: MQTT over TLS (8883 by default; 0 picks a free port).
-        ws_port: MQTT over TLS WebSocket on ``/$iothub/websocket`` (443 by
-            default; 0 picks a free port; ``None`` disables it).
+        ws_port: MQTT over TLS WebSocket on ``/$iothub/websocket`` and the
+            device HTTP API (file upload, blobs) on the same TLS port (443 by
+            default; 0 picks a free port; ``None`` disables both).
         state_dir: where the CA, the certificates and the state live (a
             temporary folder when ``None``).
         connection_host: the ``HostName`` put in connection strings
@@ -103,6 +110,13 @@ class Hub:
             port; ``None``, the default, disables it).  It has no
             authentication, so it refuses a non-loopback ``host`` unless
             ``http_allow_remote`` is true.
+        upload_container: the blob container of file uploads.
+        upload_sas_ttl: seconds a blob SAS from storage info lives (IoT Hub's
+            default hour; 0 gives SAS tokens that have expired already).
+
+    Raises:
+        ValueError: a bad ``upload_container`` or ``upload_sas_ttl``, or a
+            non-loopback ``host`` for the service API.
     """
 
     def __init__(
@@ -117,6 +131,8 @@ class Hub:
         max_packet_size: int = 512 * 1024,
         http_port: int | None = None,  # service API (HTTPS)
         http_allow_remote: bool = False,  # service API (HTTPS)
+        upload_container: str = DEFAULT_CONTAINER,
+        upload_sas_ttl: float = DEFAULT_SAS_TTL,
     ) -> None:
         self.hub_name = hub_name
         self.host = host
@@ -146,6 +162,15 @@ class Hub:
         self.http_port = http_port
         self._service = None if http_port is None else ServiceAPI(
             self, allow_remote=http_allow_remote)
+        # --- file upload: the device HTTP API on ws_port (_files.py, _blobs.py) ---
+        if not 0 <= upload_sas_ttl <= 366 * 86400:
+            raise ValueError(f"upload_sas_ttl {upload_sas_ttl!r}: expected 0 to 366 days "
+                             "in seconds")
+        self.upload_sas_ttl = float(upload_sas_ttl)
+        self._uploads = UploadRegistry()
+        self._blobs = BlobStore(self.state_dir / "blobs", upload_container,
+                                on_write=self._uploads.blob_written)
+        self._device_api: DeviceAPI | None = None
 
     # ----------------------------------------------------------- lifecycle
 
@@ -233,8 +258,9 @@ class Hub:
         self._servers.append(server)
         self.mqtt_port = server.sockets[0].getsockname()[1]
         if self.ws_port is not None:
+            api = self._device_api = DeviceAPI(self)
             ws = await loop.create_server(
-                lambda: DeviceConnection(self, ctx, websocket=True), self.host, self.ws_port)
+                lambda: DevicePortConnection(self, ctx, api), self.host, self.ws_port)
             self._servers.append(ws)
             self.ws_port = ws.sockets[0].getsockname()[1]
         # --- service API (HTTPS) ---
@@ -245,6 +271,8 @@ class Hub:
         # --- service API (HTTPS) ---
         if self._service is not None:
             await self._service.stop()
+        if self._device_api is not None:
+            self._device_api.stop()
         for state in self._devices.values():
             if state.connection is not None:
                 state.connection.close("the hub is stopping")
@@ -290,6 +318,22 @@ class Hub:
     def is_connected(self, device_id: str) -> bool:
         state = self._devices.get(device_id)
         return state is not None and state.connection is not None
+
+    @property
+    def upload_container(self) -> str:
+        return self._blobs.container
+
+    def uploads(self, device_id: str | None = None) -> list[FileUpload]:
+        """File uploads the devices started with a storage info request.
+
+        Args:
+            device_id: only this device's (default: every device's).
+
+        Returns:
+            ``FileUpload`` records (frozen), oldest first: status ``pending``,
+            ``succeeded``, ``failed`` or ``expired``, the blob's size and path.
+        """
+        return self._uploads.list(device_id, now=time.time())
 
     def telemetry(self, device_id: str | None = None) -> list[TelemetryMessage]:
         """Telemetry received so far (from every device, or one)."""
@@ -478,6 +522,10 @@ class Hub:
         der = tls.ssl_object.getpeercert(binary_form=True)  # type: ignore[attr-defined]
         if not der:
             return "no password and no client certificate"
+        return Hub._check_thumbprint(der, device)
+
+    @staticmethod
+    def _check_thumbprint(der: bytes, device: Device) -> str | None:
         if not set(thumbprints(der)) & set(device.x509_thumbprints):
             return "the client certificate's thumbprint is not registered for the device"
         return None

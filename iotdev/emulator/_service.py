@@ -2,18 +2,15 @@
 
 Theory of operation
 -------------------
-``ServiceAPI`` listens on the hub's asyncio loop (no thread of its own); each
-connection is an ``HTTPConnection`` (an ``asyncio.Protocol``) that stacks the
-sans-IO server-side ``TLSLayer`` (the hub's server certificate) under an
-``h11`` server connection.  Requests on a connection are served one at a time
-(HTTP/1.1 keep-alive; pipelined requests wait in h11's buffer, and the socket
-stops being read while a handler runs, so a client cannot make the emulator
-buffer without bound).  A complete request (head and body) goes to
-``ServiceAPI.dispatch``, which walks the route table: a list of
-``Route(method, pattern, handler)``; ``add_route`` extends it (file upload
-comes next).  Path parameters are matched on the raw path and then
+``ServiceAPI`` listens on the hub's asyncio loop (no thread of its own); it is
+an ``HTTPAPI`` (``_http.py``: the route table, and one ``HTTPConnection`` per
+client, h11 over the sans-IO server-side ``TLSLayer`` with the hub's server
+certificate, HTTP/1.1 keep-alive, one request at a time).  ``add_route``
+extends the table.  Path parameters are matched on the raw path and then
 percent-decoded, so a device id with ``/`` or ``%`` travels as ``%2F``/``%25``.
-Query parameters the route does not know (``api-version``) are ignored.
+Query parameters the route does not know (``api-version``) are ignored.  The
+devices' own HTTP API (file upload) is another ``HTTPAPI`` on the device port
+(``_files.py``); this one is never reachable there.
 
 Handlers run as coroutines on the loop and use the hub's coroutine helpers
 (``_send_c2d``, ``_invoke``, ``_get_twin``, ``_patch_desired``) and its store
@@ -35,6 +32,8 @@ Routes (JSON in and out; ``api-version`` accepted and ignored)::
                                                 iothub-ack, iothub-app-{name} headers
     GET   /devices/{id}/messages/events         telemetry, ?since=EPOCH&wait=S&limit=N
     GET   /messages/events                      the same, every device
+    GET   /devices/{id}/files                   file uploads of a device (records)
+    GET   /files                                the same, every device
 
 Security: there is no authentication at all, which is only acceptable on
 loopback, so the API refuses to listen on another address unless it is
@@ -59,25 +58,31 @@ import asyncio
 import base64
 import copy
 import datetime
-import http
 import ipaddress
-import json
 import logging
 import math
-import re
 import ssl
 import time
-import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
-import h11
-
-from .._errors import ClientError
-from ..transport._layer import Stack
-from ..transport._tls import TLSLayer
+from ._files import FileUpload
+from ._http import (
+    HTTPAPI,
+    IDLE_TIMEOUT,
+    LINGER_TIMEOUT,
+    MAX_BODY,
+    MAX_CONNECTIONS,
+    MAX_DISCARD,
+    MAX_HEAD,
+    HTTPConnection,
+    Request,
+    Response,
+    Route,
+    ServiceError,
+    error_response,
+    header_text,
+    json_response,
+)
 from ._store import (
     C2D_MAX_BODY,
     Device,
@@ -90,23 +95,24 @@ if TYPE_CHECKING:
     from ._hub import Hub
 
 __all__ = [
+    "IDLE_TIMEOUT",
+    "LINGER_TIMEOUT",
+    "MAX_BODY",
+    "MAX_CONNECTIONS",
+    "MAX_DISCARD",
+    "MAX_HEAD",
     "Request",
     "Response",
     "Route",
     "ServiceAPI",
     "ServiceError",
     "check_bind_address",
+    "error_response",
     "json_response",
 ]
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 1024 * 1024
-MAX_HEAD = 16 * 1024
-MAX_DISCARD = 16 * 1024 * 1024
-MAX_CONNECTIONS = 64
-IDLE_TIMEOUT = 60.0
-LINGER_TIMEOUT = 5.0
 METHOD_DEFAULT_TIMEOUT = 30.0
 METHOD_MAX_TIMEOUT = 300.0
 METHOD_NAME_MAX = 256
@@ -114,100 +120,8 @@ EVENTS_MAX_COUNT = 1000
 EVENTS_MAX_BYTES = 4 * 1024 * 1024
 EVENTS_MAX_WAIT = 30.0
 
-JSON_TYPE = "application/json; charset=utf-8"
 
-
-# ------------------------------------------------------------------ requests
-
-
-class ServiceError(Exception):
-    """An error answer: ``status``, IoT Hub's error ``code`` name, a message."""
-
-    def __init__(self, status: int, code: str, message: str,
-                 headers: tuple[tuple[str, str], ...] = ()) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers
-
-
-@dataclass(frozen=True)
-class Request:
-    """A complete request.
-
-    ``path`` is the raw (still percent-encoded) path, ``params`` the route's
-    path parameters (decoded), ``query`` the query parameters (decoded, the last
-    of repeated ones), ``headers`` the raw h11 headers (lower-case names).
-    """
-
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: tuple[tuple[bytes, bytes], ...]
-    body: bytes
-    params: dict[str, str] = field(default_factory=dict)
-
-    def header(self, name: str) -> str | None:
-        """A header's value (UTF-8; repeated headers joined with ``,``)."""
-        key = name.lower().encode("ascii")
-        values = [_text(value, name) for n, value in self.headers if n == key]
-        return ", ".join(values) if values else None
-
-    def json(self) -> Any:
-        """The body as JSON (400 when empty or malformed)."""
-        if not self.body.strip():
-            raise ServiceError(400, "ArgumentNull", "the request needs a JSON body")
-        try:
-            return json.loads(self.body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise ServiceError(400, "ArgumentInvalid",
-                               f"the body is not valid JSON: {exc}") from None
-
-
-@dataclass
-class Response:
-    """An answer: status, body, its content type, extra headers."""
-
-    status: int
-    body: bytes = b""
-    content_type: str | None = JSON_TYPE
-    headers: list[tuple[str, str]] = field(default_factory=list)
-
-
-def json_response(status: int, document: Any) -> Response:
-    return Response(status, json.dumps(document, ensure_ascii=False).encode("utf-8"))
-
-
-def error_response(error: ServiceError) -> Response:
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    response = json_response(error.status, {
-        "Message": f"ErrorCode:{error.code};{error.message}",
-        "ExceptionMessage": f"Tracking ID:{uuid.uuid4().hex}-G:0-TimeStamp:{stamp}",
-    })
-    response.headers.extend(error.headers)
-    return response
-
-
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-@dataclass(frozen=True)
-class Route:
-    """``method`` and a path ``pattern`` (named groups are path parameters)."""
-
-    method: str
-    pattern: re.Pattern[str]
-    handler: Handler
-
-
-def _compile(template: str) -> re.Pattern[str]:
-    """``/twins/{id}/methods`` -> a pattern with ``id`` matching one segment."""
-    parts = re.split(r"\{(\w+)\}", template)
-    regex = "".join(
-        re.escape(part) if i % 2 == 0 else f"(?P<{part}>[^/]+)" for i, part in enumerate(parts)
-    )
-    return re.compile(regex)
+# ------------------------------------------------------------------ addresses
 
 
 def check_bind_address(host: str, allow_remote: bool) -> None:
@@ -233,7 +147,7 @@ def check_bind_address(host: str, allow_remote: bool) -> None:
 # ------------------------------------------------------------------ the API
 
 
-class ServiceAPI:
+class ServiceAPI(HTTPAPI):
     """The HTTPS service API of a ``Hub`` (see the module docstring).
 
     Args:
@@ -246,10 +160,9 @@ class ServiceAPI:
 
     def __init__(self, hub: Hub, *, allow_remote: bool = False) -> None:
         check_bind_address(hub.host, allow_remote)
+        super().__init__("service API", max_connections=MAX_CONNECTIONS)
         self.hub = hub
         self.port: int | None = None
-        self.routes: list[Route] = []
-        self.connections: set[HTTPConnection] = set()
         self._server: asyncio.base_events.Server | None = None
         for method, template, handler in (
             ("GET", "/devices", self.list_devices),
@@ -261,12 +174,10 @@ class ServiceAPI:
             ("POST", "/devices/{id}/messages/deviceBound", self.send_c2d),
             ("GET", "/devices/{id}/messages/events", self.device_events),
             ("GET", "/messages/events", self.all_events),
+            ("GET", "/devices/{id}/files", self.device_uploads),
+            ("GET", "/files", self.all_uploads),
         ):
             self.add_route(method, template, handler)
-
-    def add_route(self, method: str, template: str, handler: Handler) -> None:
-        """Serve ``method`` on ``template`` (``{name}`` is a path parameter)."""
-        self.routes.append(Route(method.upper(), _compile(template), handler))
 
     async def start(self, port: int) -> int:
         """Listen on ``hub.host``:``port`` (0: a free port); returns the port."""
@@ -287,35 +198,9 @@ class ServiceAPI:
         server, self._server = self._server, None
         if server is not None:
             server.close()
-        for conn in list(self.connections):
-            conn.close("the hub is stopping")
+        self.close_connections("the hub is stopping")
         if server is not None:
             await server.wait_closed()
-
-    async def dispatch(self, request: Request) -> Response:
-        """Route ``request``; a ``ServiceError`` becomes its error answer."""
-        try:
-            allowed: set[str] = set()
-            for route in self.routes:
-                match = route.pattern.fullmatch(request.path)
-                if match is None:
-                    continue
-                if route.method != request.method:
-                    allowed.add(route.method)
-                    continue
-                params = {k: unquote(v, errors="strict") for k, v in match.groupdict().items()}
-                return await route.handler(replace(request, params=params))
-            if allowed:
-                raise ServiceError(405, "MethodNotAllowed",
-                                   f"{request.method} is not allowed on {request.path} "
-                                   f"(allowed: {', '.join(sorted(allowed))})",
-                                   (("allow", ", ".join(sorted(allowed))),))
-            raise ServiceError(404, "NotFound", f"no such resource: {request.path}")
-        except ServiceError as exc:
-            return error_response(exc)
-        except UnicodeDecodeError:
-            return error_response(ServiceError(400, "ArgumentInvalid",
-                                               "the path is not UTF-8 once percent-decoded"))
 
     # ------------------------------------------------------------ helpers
 
@@ -484,7 +369,7 @@ class ServiceAPI:
                 key = name[len("iothub-app-"):]
                 if not key:
                     raise ServiceError(400, "ArgumentInvalid", "an empty property name")
-                properties[key] = _text(raw_value, name)
+                properties[key] = header_text(raw_value, name)
         ack = request.header("iothub-ack")
         try:
             message = await self.hub._send_c2d(
@@ -535,280 +420,18 @@ class ServiceAPI:
             out.append(_telemetry_document(message))
         return json_response(200, out)
 
+    # ------------------------------------------------------------ file uploads
 
-# ------------------------------------------------------------------ one connection
+    async def device_uploads(self, request: Request) -> Response:
+        device_id = request.params["id"]
+        self._device(device_id)
+        return json_response(200, [_upload_document(u) for u in self.hub.uploads(device_id)])
 
-
-class HTTPConnection(asyncio.Protocol):
-    """One client connection: TLS (sans-IO) under h11, one request at a time."""
-
-    def __init__(self, api: ServiceAPI, context: ssl.SSLContext) -> None:
-        self.api = api
-        self.loop = asyncio.get_running_loop()
-        self.stack = Stack([TLSLayer(context, None, server_side=True)])
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-        self.peer = "?"
-        self._head: h11.Request | None = None
-        self._body = bytearray()
-        self._discarded: int | None = None  # bytes skipped after an early 413
-        self._task: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-
-    # --------------------------------------------------------------- asyncio
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
-        if len(self.api.connections) >= MAX_CONNECTIONS:
-            log.warning("service API: refusing %s: %d connections open", self.peer,
-                        MAX_CONNECTIONS)
-            self.closed = True
-            transport.abort()
-            return
-        self.api.connections.add(self)
-        self.stack.start()
-        self._write()
-        self._arm_timer()
-
-    def data_received(self, data: bytes) -> None:
-        if self.closed:
-            return
-        try:
-            app = self.stack.receive_data(data)
-        except ClientError as exc:
-            self.close(f"TLS: {exc}")
-            return
-        self._write()
-        if app:
-            self.h11.receive_data(app)
-        if self.stack.closed:
-            self.close("the client closed the connection")
-            return
-        self._arm_timer()
-        self._process()
-
-    def eof_received(self) -> bool | None:
-        self.close("the client closed the connection")
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.close(f"connection lost: {exc}" if exc else "connection closed")
-
-    # --------------------------------------------------------------- HTTP
-
-    def _process(self) -> None:
-        """Consume h11 events until a request is complete (or more data is needed)."""
-        while not self.closed and self._task is None:
-            try:
-                event = self.h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                self._protocol_error(exc)
-                return
-            if event is h11.NEED_DATA or event is h11.PAUSED:
-                return
-            if isinstance(event, h11.Request):
-                self._head = event
-                self._body.clear()
-                length = _content_length(event)
-                if _head_size(event) > MAX_HEAD:  # h11 only bounds an incomplete head
-                    self._respond(error_response(ServiceError(
-                        431, "RequestHeaderFieldsTooLarge",
-                        f"the request line and headers are over {MAX_HEAD} bytes")),
-                        close=True)
-                    self.close("answered 431")
-                    return
-                if length is not None and length > MAX_BODY:
-                    self._too_large(length)
-                elif self.h11.they_are_waiting_for_100_continue:
-                    self._send_raw(h11.InformationalResponse(status_code=100, headers=[],
-                                                             reason=b"Continue"))
-            elif isinstance(event, h11.Data):
-                if self._discarded is not None:
-                    self._discarded += len(event.data)
-                    if self._discarded > MAX_DISCARD:
-                        self.close("too much data after 413")
-                        return
-                    continue
-                self._body += event.data
-                if len(self._body) > MAX_BODY:
-                    self._too_large(None)
-            elif isinstance(event, h11.EndOfMessage):
-                if self._discarded is not None:
-                    self.close("answered 413")
-                    return
-                self._start_handler()
-            elif isinstance(event, h11.ConnectionClosed):
-                self.close("the client closed the connection")
-                return
-
-    def _start_handler(self) -> None:
-        head = self._head
-        assert head is not None
-        self._head = None
-        target = head.target.decode("ascii", "replace")
-        parts = urlsplit(target)
-        request = Request(
-            method=head.method.decode("ascii", "replace").upper(),
-            path=parts.path or "/",
-            query=dict(parse_qsl(parts.query, keep_blank_values=True)),
-            headers=tuple((bytes(n), bytes(v)) for n, v in head.headers),
-            body=bytes(self._body),
-        )
-        self._body.clear()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self.transport is not None:
-            self.transport.pause_reading()
-        self._task = self.loop.create_task(self._serve(request))
-
-    async def _serve(self, request: Request) -> None:
-        try:
-            response = await self.api.dispatch(request)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("service API: %s %s failed", request.method, request.path)
-            response = error_response(ServiceError(500, "ServerError",
-                                                   "the emulator failed; see its log"))
-        self._task = None
-        if self.closed:
-            return
-        log.debug("service API: %s %s %s -> %d", self.peer, request.method, request.path,
-                  response.status)
-        self._respond(response)
-        if self.closed:
-            return
-        if self.h11.our_state is h11.MUST_CLOSE or self.h11.their_state is h11.MUST_CLOSE:
-            self.close("the client asked to close")
-            return
-        try:
-            self.h11.start_next_cycle()
-        except h11.LocalProtocolError:
-            self.close("cannot keep the connection alive")
-            return
-        if self.transport is not None:
-            self.transport.resume_reading()
-        self._arm_timer()
-        self._process()
-
-    def _respond(self, response: Response, *, close: bool = False) -> None:
-        headers = [("server", "iotdev-hub"), ("content-length", str(len(response.body)))]
-        if response.content_type is not None:
-            headers.append(("content-type", response.content_type))
-        headers.extend(response.headers)
-        if close:
-            headers.append(("connection", "close"))
-        try:
-            reason = http.HTTPStatus(response.status).phrase
-        except ValueError:
-            reason = ""
-        try:
-            out = self.h11.send(h11.Response(status_code=response.status, headers=headers,
-                                             reason=reason))
-            if response.body:
-                out = (out or b"") + (self.h11.send(h11.Data(data=response.body)) or b"")
-            out = (out or b"") + (self.h11.send(h11.EndOfMessage()) or b"")
-            self.stack.send(out)
-        except (h11.LocalProtocolError, ClientError) as exc:
-            self.close(f"cannot answer: {exc}")
-            return
-        self._write()
-
-    def _send_raw(self, event: h11.InformationalResponse) -> None:
-        try:
-            self.stack.send(self.h11.send(event) or b"")
-        except (h11.LocalProtocolError, ClientError) as exc:
-            self.close(f"cannot answer: {exc}")
-            return
-        self._write()
-
-    def _too_large(self, length: int | None) -> None:
-        """Answer 413 now and skip the rest of the body, then close."""
-        size = f"{length} bytes" if length is not None else f"over {MAX_BODY} bytes"
-        self._body.clear()
-        self._discarded = 0
-        self._respond(error_response(ServiceError(
-            413, "RequestEntityTooLarge",
-            f"the request body ({size}) is over the limit of {MAX_BODY} bytes")), close=True)
-        self._arm_timer()
-
-    def _protocol_error(self, exc: h11.RemoteProtocolError) -> None:
-        if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            status = exc.error_status_hint
-            code = "RequestHeaderFieldsTooLarge" if status == 431 else "BadRequest"
-            self._respond(error_response(ServiceError(status, code, f"bad request: {exc}")),
-                          close=True)
-        self.close(f"protocol error: {exc}")
-
-    # --------------------------------------------------------------- plumbing
-
-    def _write(self) -> None:
-        raw = self.stack.data_to_send()
-        if raw and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(raw)
-
-    def _arm_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._discarded is not None:  # after an early 413: linger briefly, then close
-            self._timer = self.loop.call_later(LINGER_TIMEOUT, self.close, "answered 413")
-        else:
-            self._timer = self.loop.call_later(IDLE_TIMEOUT, self.close, "idle")
-
-    def close(self, reason: str) -> None:
-        """Close the connection (TLS close_notify first) and cancel its handler."""
-        if self.closed:
-            return
-        self.closed = True
-        self.api.connections.discard(self)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        task, self._task = self._task, None
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            try:
-                self.stack.close()
-                self._write_to(transport)
-            except Exception:  # the connection is going anyway
-                pass
-            transport.close()
-        log.debug("service API: connection %s closed: %s", self.peer, reason)
-
-    def _write_to(self, transport: asyncio.Transport) -> None:
-        raw = self.stack.data_to_send()
-        if raw:
-            transport.write(raw)
+    async def all_uploads(self, request: Request) -> Response:
+        return json_response(200, [_upload_document(u) for u in self.hub.uploads()])
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def _text(value: bytes, name: str) -> str:
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ServiceError(400, "ArgumentInvalid", f"header {name} is not UTF-8") from None
-
-
-def _content_length(head: h11.Request) -> int | None:
-    for name, value in head.headers:
-        if name == b"content-length":
-            return int(value)  # h11 has checked it is a number
-    return None
-
-
-def _head_size(head: h11.Request) -> int:
-    """About the size of the request line and headers on the wire."""
-    return len(head.method) + len(head.target) + 12 + sum(
-        len(name) + len(value) + 4 for name, value in head.headers)
 
 
 def _member(document: dict[str, Any], name: str) -> dict[str, Any]:
@@ -858,6 +481,24 @@ def _merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 def _iso(epoch: float) -> str:
     moment = datetime.datetime.fromtimestamp(epoch, datetime.UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _upload_document(upload: FileUpload) -> dict[str, Any]:
+    return {
+        "deviceId": upload.device_id,
+        "blobName": upload.blob_name,
+        "containerName": upload.container_name,
+        "correlationId": upload.correlation_id,
+        "status": upload.status,
+        "size": upload.size,
+        "path": None if upload.path is None else str(upload.path),
+        "statusCode": upload.status_code,
+        "statusDescription": upload.status_description,
+        "created": upload.created,
+        "createdTimeUtc": _iso(upload.created),
+        "expiryTimeUtc": _iso(upload.expires),
+        "notifiedTimeUtc": None if upload.notified is None else _iso(upload.notified),
+    }
 
 
 def _telemetry_document(message: TelemetryMessage) -> dict[str, Any]:
