@@ -4,9 +4,11 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 FUZZ_SECONDS ?= 20
+FUZZ_CAMPAIGN_SECONDS ?= 600
 
-.PHONY: audit all test lint typecheck fuzz fuzz-long pytest bench demo mosquitto proxies clean
+.PHONY: audit all test lint typecheck fuzz fuzz-long fuzz-campaign pytest bench demo mosquitto proxies clean
 
 all: test
 
@@ -16,6 +18,11 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# The benchmark's extra (matplotlib, for bench-results.png) on top of the test one.
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install -q -e '.[test,bench]'
 	touch $@
 
 # Debian's mosquitto (broker in /usr/sbin) and mosquitto-clients for the interop
@@ -79,16 +86,31 @@ audit: $(STAMP)
 fuzz-long: $(STAMP)
 	$(PY) -m fuzz --seconds 600
 
+# Coverage-guided (atheris) campaign: every target FUZZ_CAMPAIGN_SECONDS, one
+# after another, niced (the machine is shared); new inputs are merged into
+# fuzz/corpus/<target>/ and the figures printed as a table (README.md).
+fuzz-campaign: $(STAMP)
+	nice -n 10 $(PY) -m fuzz --campaign $(FUZZ_CAMPAIGN_SECONDS)
+
 pytest: $(STAMP) mosquitto proxies
 	$(BIN)/pytest -q
 
 test: $(STAMP) mosquitto proxies lint typecheck fuzz pytest
 
-bench: $(STAMP) mosquitto
-	$(PY) -m bench
+# About five minutes on two cores: every figure against its peers, then
+# bench-results.{json,md,png} and the benchmark block of README.md.
+bench: $(STAMP) $(BENCH_STAMP) mosquitto
+	$(PY) -m bench --readme README.md
 
 demo: $(STAMP)
 	$(PY) -m iotdev.emulator demo
+
+# One hour of mixed traffic (a sync and an asyncio device client) through
+# periodic network faults and emulator restarts, memory and threads sampled
+# every minute (tests/soak.py; `make test` runs two minutes of it).
+.PHONY: soak
+soak: $(STAMP)
+	$(PY) -m tests.soak --minutes 60
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,31 +1,45 @@
-"""``python -m bench``: how iotdev compares with paho-mqtt and azure-iot-device.
+"""``python -m bench``: how iotdev compares with paho-mqtt and azure-iot-device
+(``make bench``: about five minutes on two cores).
 
-Layout (one module per figure; the machinery is shared):
+Layout (one module per group of figures; the machinery is shared; every
+module not starting with ``_`` is imported by ``harness.load_figures``, so a new
+figure is a new module that calls ``harness.register``):
 
 ``bench/harness.py``
-    Figures, contestants, the registry, alternating rounds, statistics, the
-    terminal report, ``bench-results.json`` and ``bench-results.md``.
-``bench/codec.py`` -- figure ``codec``
-    Encode + decode of a 200-byte QoS 1 telemetry PUBLISH: ``iotdev_mqtt``
-    against paho-mqtt 1.6.1's own packet code.
-``bench/engine_pair.py`` -- figures ``engine-pair`` and ``engine-pair-sync``
+    Figures, contestants, targets, the registry, alternating rounds,
+    statistics, the terminal report, ``bench-results.json``,
+    ``bench-results.md`` and the README block.
+``bench/codec.py`` -- ``codec``
+    Encode + decode of a 200-byte QoS 1 PUBLISH: ``iotdev_mqtt`` against
+    paho-mqtt 1.6.1's own packet code.
+``bench/engine_pair.py`` -- ``engine-pair``, ``engine-pair-sync``
     QoS 1 publish-and-ack through a client engine paired in memory with a
-    server engine, pipelined and one at a time.  Every module of this package
-    is imported by ``harness.load_figures``: a new figure is a new module that
-    calls ``harness.register``.
+    server engine (no peer).
+``bench/publish.py`` -- ``tls-1by1``, ``tls-pipelined``, ``wss-1by1``, ``wss-pipelined``
+    QoS 1 publishes over TLS and TLS WebSocket to mosquitto: our MQTT and device
+    clients (sync, asyncio) against paho-mqtt, azure-iot-device 2.14 and
+    ``mosquitto_pub``.
+``bench/device.py`` -- ``c2d-latency``, ``import``, ``rss-threads``
+    C2D delivery latency (median, p99), import time and modules, RSS and
+    threads after connect; the helpers the publish figures share.
+``bench/scale.py`` -- ``scale-100``, ``scale-1000``, ``scale-5000``
+    N asyncio device clients in one process against the emulator in another:
+    connect time, RSS, CPU per device, 1 msg/s each.
+``bench/_broker.py``, ``bench/_fleet.py``, ``bench/_fleet_hub.py``, ``bench/_chart.py``
+    The benchmark's mosquitto, one fleet process, the emulator process, the PNG.
 
-Later figures (publish over TLS and WebSocket against mosquitto, C2D latency,
-import time and RSS, fleet scale) follow the same pattern; a figure whose broker
-or peer package is missing raises ``harness.Skip`` from its ``setup``.
+A figure whose broker or peer package is missing raises ``harness.Skip`` from
+its ``setup``.  The peers run in the project's virtual environment: their pins
+(azure-iot-device 2.14 needs paho-mqtt < 2) do not conflict with ours.
 """
 
 from __future__ import annotations
 
 # Display order of the figures; registered figures not listed here come after.
 FIGURE_ORDER: tuple[str, ...] = (
-    "codec", "engine-pair", "engine-pair-sync", "tls-sync-1by1", "tls-pipelined-sync",
-    "tls-pipelined-asyncio", "wss-pipelined-asyncio", "device-send-sync", "device-send-asyncio",
-    "c2d-latency", "import", "rss-threads",
+    "codec", "engine-pair", "engine-pair-sync", "tls-1by1", "tls-pipelined", "wss-1by1",
+    "wss-pipelined", "c2d-latency", "import", "rss-threads", "scale-100", "scale-1000",
+    "scale-5000",
 )
 
 # Figures that are planned but may not exist yet: ``--only NAME`` on one of

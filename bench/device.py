@@ -1,37 +1,36 @@
-"""Figures of the IoT Hub device client: iotdev's ``IoTHubDeviceClient`` against
-azure-iot-device 2.14 (and, for C2D latency, a plain paho-mqtt 1.6 subscriber).
+"""Figures of the IoT Hub device client that are not throughput (those are in
+``bench/publish.py``): C2D latency, import cost, memory and threads, against
+azure-iot-device 2.14 (and, for C2D latency, a plain paho-mqtt 1.6
+subscriber), plus the helpers the publish figures share.
 
-azure-iot-device always dials port 8883 of the hostname, so these figures run
-their own mosquitto on a loopback address of their own, ``127.0.0.149:8883``
-(MQTT over TLS, a server certificate for that IP from a CA made at run time),
-plus a plain MQTT listener on a free port of the same address for the
-"service side" (a paho-mqtt client in this process).  mosquitto allows
-anonymous clients, so the SAS token both device clients send as their password
-is not checked; both use ``create_from_symmetric_key(key, "127.0.0.149",
-device_id, server_verification_cert=<the CA PEM>)`` and keep their connection
-across rounds.  The broker logs only errors, warnings and notices and sets
-``TCP_NODELAY``.
+The clients connect to the benchmark's mosquitto (``bench/_broker.py``:
+``127.0.0.149:8883``, MQTT over TLS with a CA made at run time, because
+azure-iot-device always dials port 8883 of its hostname; a plain listener on a
+free port for the "service side", a paho-mqtt client in this process).  Both
+device clients are made with ``create_from_symmetric_key(key, "127.0.0.149",
+device_id, server_verification_cert=<the CA PEM>)``; mosquitto allows anonymous
+clients, so the SAS token in the password is not checked.
 
-* ``device-send-sync``: ``send_message(Message(<200 bytes>))``, one at a time
-  (each call returns on the PUBACK): ``iotdev.IoTHubDeviceClient`` against
-  ``azure.iot.device.IoTHubDeviceClient``.  A new ``Message`` per send, on both
-  sides.
-* ``device-send-asyncio``: the same through the asyncio clients, 1,000
-  ``send_message`` coroutines at a time awaited with ``asyncio.gather``; each
-  client on its own event loop, kept across rounds.
-* ``c2d-latency``: a service-side paho client publishes a 200-byte message at
-  QoS 1 to ``devices/{id}/messages/devicebound/<property bag>``; the sample is
-  the median, over the run's messages (sent one at a time), of the time from
-  just before that ``publish`` call to the start of the device's
-  ``on_message_received`` handler (paho: ``on_message``).  The p99 over every
-  timed message goes into a note.
+* ``c2d-latency``: the service publishes a 200-byte message at QoS 1 to
+  ``devices/{id}/messages/devicebound/<property bag as IoT Hub sends it>``; the
+  latency of one message is the time from just before that ``publish`` call to
+  the start of the device's ``on_message_received`` handler (paho:
+  ``on_message``); messages go one at a time.  The sample is the median over
+  the run's messages; the ``p99`` metric is the 99th percentile over the same
+  run.  Ours is the sync ``IoTHubDeviceClient``, whose handlers run on its
+  handler thread (never on its I/O thread); paho-mqtt and azure-iot-device's
+  paho underneath call ``on_message`` on their network thread (azure then hands
+  the message to its own callback thread).
 * ``import``: ``import iotdev`` against ``import azure.iot.device`` in a fresh
-  ``python -c`` (timed with ``time.perf_counter`` inside the child); the sample is
-  the median of several children; the module count (``len(sys.modules)``) goes
-  into a note.
+  ``python -c`` (timed with ``time.perf_counter`` inside the child); the sample
+  is the median of several children; the ``modules`` metric is how many
+  modules the import added to ``sys.modules``.
 * ``rss-threads``: a fresh process imports the client, creates one sync client,
   connects it and, 0.5 s later, reads ``VmRSS`` from ``/proc/self/status`` (the
-  sample, MB) and ``threading.active_count()`` (a note).
+  sample, MB) and ``threading.active_count()`` (the ``threads`` metric).  The
+  ``above_floor`` metric subtracts the RSS of an interpreter that only loaded
+  OpenSSL (``import hashlib, ssl``: about 17 MB, paid by any Python client over
+  TLS), leaving what each package itself adds.
 """
 
 from __future__ import annotations
@@ -40,11 +39,8 @@ import ast
 import asyncio
 import atexit
 import base64
-import errno
 import os
-import pwd
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -54,15 +50,28 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-from .harness import Contestant, Figure, Session, Skip, register
+from ._broker import ADDRESS, TLS_PORT, Broker
+from .harness import Contestant, Figure, Metric, Session, Skip, Target, Value, register
 
-ADDRESS = "127.0.0.149"
-PORT = 8883
+__all__ = [
+    "KEY",
+    "PAYLOAD",
+    "WAIT",
+    "LoopClient",
+    "Service",
+    "azure_sync",
+    "message_classes",
+    "ours_sync",
+    "require_azure",
+    "require_paho",
+    "with_deadline",
+]
+
+PORT = TLS_PORT
 PAYLOAD = b"x" * 200
 KEY = base64.b64encode(b"iotdev bench symmetric key 32 by").decode("ascii")
-CONCURRENCY = 1000  # device-send-asyncio: sends awaited together
 WAIT = 10.0  # seconds any single wait allows (a delivery, a connect, a shutdown)
 REPO = Path(__file__).resolve().parent.parent
 
@@ -70,7 +79,7 @@ REPO = Path(__file__).resolve().parent.parent
 # --------------------------------------------------------------------------- prerequisites
 
 
-def _require_azure(aio: bool = False) -> Any:
+def require_azure(aio: bool = False) -> Any:
     """The ``IoTHubDeviceClient`` class of azure-iot-device (sync or aio), or Skip."""
     warnings.filterwarnings("ignore", message="ssl.PROTOCOL_TLSv1_2 is deprecated",
                             category=DeprecationWarning)
@@ -85,7 +94,7 @@ def _require_azure(aio: bool = False) -> Any:
     return azure.iot.device.IoTHubDeviceClient
 
 
-def _require_paho() -> Any:
+def require_paho() -> Any:
     try:
         import paho.mqtt.client as mqtt  # type: ignore[import-untyped]
     except ImportError as exc:
@@ -93,136 +102,10 @@ def _require_paho() -> Any:
     return mqtt
 
 
-def _check_bindable() -> None:
-    """Skip unless ``ADDRESS:PORT`` can be listened on by us."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((ADDRESS, PORT))
-        except PermissionError as exc:
-            raise Skip(f"binding {ADDRESS}:{PORT} is not permitted for uid {os.geteuid()} "
-                       f"(run as root): {exc}") from exc
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise Skip(f"{ADDRESS}:{PORT} is busy (another broker or hub listens "
-                           "there); azure-iot-device can only dial port 8883") from exc
-            if exc.errno == errno.EADDRNOTAVAIL:
-                raise Skip(f"{ADDRESS} is not a local address here (Linux routes all of "
-                           "127.0.0.0/8 to lo; elsewhere add a loopback alias)") from exc
-            raise Skip(f"cannot bind {ADDRESS}:{PORT}: {exc}") from exc
-
-
-# --------------------------------------------------------------------------- the broker
-
-
-class _HubBroker:
-    """One mosquitto for every device figure of a run: TLS on ``ADDRESS:8883``
-    (what azure-iot-device dials) and plain MQTT on a free port (the service)."""
-
-    instance: ClassVar[_HubBroker | None] = None
-
-    def __init__(self, program: str, directory: Path) -> None:
-        from tests._broker import CertAuthority, free_ports
-
-        self.program = program
-        self.directory = directory
-        ca = CertAuthority(directory / "ca")
-        self.ca_file: Path = ca.ca_cert
-        self.ca_pem: str = ca.ca_cert_pem
-        server = ca.issue_server_cert(ADDRESS, dns_names=(), ips=(ADDRESS,), file_stem="hub")
-        self.tcp_port: int = free_ports(1, ADDRESS)[0]
-        self.log_path = directory / "mosquitto.log"
-        self.output_path = directory / "mosquitto.out"
-        self.config_path = directory / "mosquitto.conf"
-        # Run as root, mosquitto would switch to user "mosquitto", which could
-        # not read our keys in a 0700 temp dir: stay who we are.
-        user = pwd.getpwuid(os.getuid()).pw_name
-        self.config_path.write_text(
-            "# generated by bench/device.py\n"
-            f"user {user}\n"
-            "per_listener_settings false\n"
-            "allow_anonymous true\n"
-            "persistence false\n"
-            f"log_dest file {self.log_path}\n"
-            "log_type error\nlog_type warning\nlog_type notice\n"
-            "set_tcp_nodelay true\n"
-            f"listener {PORT} {ADDRESS}\n"
-            "protocol mqtt\n"
-            f"cafile {ca.ca_cert}\ncertfile {server.cert}\nkeyfile {server.key}\n"
-            "\n"
-            f"listener {self.tcp_port} {ADDRESS}\n"
-            "protocol mqtt\n"
-        )
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @classmethod
-    def get(cls) -> _HubBroker:
-        if cls.instance is None:
-            try:
-                from tests._broker import find_program
-            except ImportError as exc:  # pragma: no cover - run from the repo root
-                raise Skip(f"run from the repository root ({exc})") from exc
-            program = find_program("mosquitto")
-            if program is None:
-                raise Skip("mosquitto is not installed (apt-get install mosquitto)")
-            _check_bindable()
-            directory = Path(tempfile.mkdtemp(prefix="iotdev-bench-hub-"))
-            atexit.register(shutil.rmtree, directory, True)  # runs after broker.stop
-            broker = cls(program, directory)
-            broker.start()
-            atexit.register(broker.stop)
-            cls.instance = broker
-        return cls.instance
-
-    def _log(self) -> str:
-        parts = []
-        for path in (self.log_path, self.output_path):
-            try:
-                parts.append(path.read_text(errors="replace").strip())
-            except FileNotFoundError:
-                pass
-        return "\n".join(p for p in parts if p)[-2000:]
-
-    def start(self) -> None:
-        with self.output_path.open("ab") as out:
-            self.process = subprocess.Popen(
-                [self.program, "-c", str(self.config_path)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + WAIT
-        for port in (PORT, self.tcp_port):
-            while True:
-                if self.process.poll() is not None:
-                    log = self._log()
-                    self.process = None
-                    if "in use" in log:
-                        raise Skip(f"{ADDRESS}:{port} is busy: {log.splitlines()[-1]}")
-                    raise RuntimeError(f"mosquitto exited before listening on "
-                                       f"{ADDRESS}:{port}:\n{log}")
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"mosquitto did not listen on {ADDRESS}:{port} within "
-                                       f"{WAIT:g} s:\n{self._log()}")
-                try:
-                    socket.create_connection((ADDRESS, port), timeout=1).close()
-                    break
-                except OSError:
-                    time.sleep(0.02)
-
-    def stop(self) -> None:
-        proc, self.process = self.process, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-
-
 # --------------------------------------------------------------------------- helpers
 
 
-def _with_deadline(fn: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+def with_deadline(fn: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
     """``fn()`` on a daemon thread; ``TimeoutError`` if it has not returned in time
     (so that a client that hangs in connect or shutdown cannot hang the run)."""
     result: list[Any] = []
@@ -245,11 +128,11 @@ def _with_deadline(fn: Callable[[], Any], what: str, timeout: float = WAIT) -> A
     return result[0]
 
 
-class _Service:
+class Service:
     """The service side: a paho client on the broker's plain listener."""
 
-    def __init__(self, session: Session, broker: _HubBroker, name: str) -> None:
-        mqtt = _require_paho()
+    def __init__(self, session: Session, broker: Broker, name: str) -> None:
+        mqtt = require_paho()
         self._lock = threading.Lock()
         self._received: list[tuple[str, bytes]] = []
         self._changed = threading.Condition(self._lock)
@@ -288,46 +171,32 @@ class _Service:
         self.client.publish(topic, payload, 1)
 
 
-def _check_telemetry(session: Session, broker: _HubBroker, name: str,
-                     senders: dict[str, Callable[[], None]]) -> None:
-    """Before timing: one message of each contestant reaches the service, on its
-    device's telemetry topic, with the same 200-byte body."""
-    service = _Service(session, broker, name)
-    service.subscribe("devices/+/messages/events/#")
-    try:
-        for count, (device_id, send) in enumerate(senders.items(), start=1):
-            send()
-            topic, body = service.wait_for(count)[-1]
-            expected = f"devices/{device_id}/messages/events/"
-            if not topic.startswith(expected) or body != PAYLOAD:
-                raise RuntimeError(f"{device_id} sent {body[:20]!r}... ({len(body)} bytes) "
-                                   f"on {topic!r}, expected {len(PAYLOAD)} bytes on "
-                                   f"{expected!r}")
-    finally:
-        service.unsubscribe("devices/+/messages/events/#")
-
-
-def _ours_sync(session: Session, broker: _HubBroker, device_id: str) -> Any:
+def ours_sync(session: Session, broker: Broker, device_id: str, *,
+              websockets: bool = False) -> Any:
+    """iotdev's sync device client, connected (shut down with the figure)."""
     from iotdev import IoTHubDeviceClient
 
     client = IoTHubDeviceClient.create_from_symmetric_key(
-        KEY, ADDRESS, device_id, server_verification_cert=broker.ca_pem, port=PORT)
-    session.stack.callback(_with_deadline, client.shutdown, "iotdev shutdown")
+        KEY, ADDRESS, device_id, server_verification_cert=broker.ca_pem, websockets=websockets)
+    session.stack.callback(with_deadline, client.shutdown, "iotdev shutdown")
     client.connect(timeout=WAIT)
     return client
 
 
-def _azure_sync(session: Session, broker: _HubBroker, device_id: str) -> Any:
-    cls = _require_azure()
+def azure_sync(session: Session, broker: Broker, device_id: str, *,
+               websockets: bool = False) -> Any:
+    """azure-iot-device's sync device client, connected (shut down with the figure)."""
+    cls = require_azure()
     client = cls.create_from_symmetric_key(
         symmetric_key=KEY, hostname=ADDRESS, device_id=device_id,
-        server_verification_cert=broker.ca_pem)
-    session.stack.callback(_with_deadline, client.shutdown, "azure-iot-device shutdown")
-    _with_deadline(client.connect, "azure-iot-device connect")
+        server_verification_cert=broker.ca_pem, websockets=websockets)
+    session.stack.callback(with_deadline, client.shutdown, "azure-iot-device shutdown")
+    with_deadline(client.connect, "azure-iot-device connect")
     return client
 
 
-def _message_classes() -> tuple[Any, Any]:
+def message_classes() -> tuple[Any, Any]:
+    """``Message`` of iotdev and of azure-iot-device."""
     from iotdev import Message
 
     try:
@@ -337,40 +206,11 @@ def _message_classes() -> tuple[Any, Any]:
     return Message, AzureMessage
 
 
-# --------------------------------------------------------------------------- device-send-sync
+class LoopClient:
+    """An asyncio client on an event loop of its own, kept across rounds.
 
-
-def _sender(client: Any, message_cls: Any) -> Callable[[int], int]:
-    def run(work: int) -> int:
-        send, make = client.send_message, message_cls
-        for _ in range(work):
-            send(make(PAYLOAD))
-        return work
-
-    return run
-
-
-def _setup_send_sync(session: Session) -> list[Contestant]:
-    _require_azure()
-    broker = _HubBroker.get()
-    message, azure_message = _message_classes()
-    ours = _ours_sync(session, broker, "bench-send-ours")
-    azure = _azure_sync(session, broker, "bench-send-azure")
-    _check_telemetry(session, broker, "send-sync", {
-        "bench-send-ours": lambda: ours.send_message(message(PAYLOAD)),
-        "bench-send-azure": lambda: azure.send_message(azure_message(PAYLOAD)),
-    })
-    return [
-        Contestant("iotdev sync", _sender(ours, message), ours=True),
-        Contestant("azure-iot-device sync", _sender(azure, azure_message)),
-    ]
-
-
-# --------------------------------------------------------------------------- device-send-asyncio
-
-
-class _LoopClient:
-    """An asyncio device client on an event loop of its own, kept across rounds."""
+    ``make()`` builds the client (on the loop); ``connect()`` and, at the end
+    of the figure, ``shutdown()`` are awaited with a deadline."""
 
     def __init__(self, session: Session, make: Callable[[], Any], what: str) -> None:
         self.loop = asyncio.new_event_loop()
@@ -390,47 +230,12 @@ class _LoopClient:
         if self.client is not None:
             self.loop.run_until_complete(asyncio.wait_for(self.client.shutdown(), WAIT))
 
-    def send(self, message: Any) -> None:
-        self.loop.run_until_complete(asyncio.wait_for(self.client.send_message(message), WAIT))
+    def call(self, fn: Callable[[Any], Any]) -> Any:
+        """Await ``fn(client)`` on the client's loop, with a deadline."""
+        async def call() -> Any:
+            return await fn(self.client)
 
-    def runner(self, message_cls: Any) -> Callable[[int], int]:
-        client, loop = self.client, self.loop
-
-        async def burst(count: int) -> None:
-            send, make = client.send_message, message_cls
-            await asyncio.gather(*(send(make(PAYLOAD)) for _ in range(count)))
-
-        def run(work: int) -> int:
-            done = 0
-            while done < work:
-                count = min(CONCURRENCY, work - done)
-                loop.run_until_complete(burst(count))
-                done += count
-            return work
-
-        return run
-
-
-def _setup_send_asyncio(session: Session) -> list[Contestant]:
-    azure_cls = _require_azure(aio=True)
-    from iotdev.aio import IoTHubDeviceClient
-
-    broker = _HubBroker.get()
-    message, azure_message = _message_classes()
-    ours = _LoopClient(session, lambda: IoTHubDeviceClient.create_from_symmetric_key(
-        KEY, ADDRESS, "bench-aio-ours", server_verification_cert=broker.ca_pem, port=PORT),
-        "iotdev asyncio")
-    azure = _LoopClient(session, lambda: azure_cls.create_from_symmetric_key(
-        symmetric_key=KEY, hostname=ADDRESS, device_id="bench-aio-azure",
-        server_verification_cert=broker.ca_pem), "azure-iot-device asyncio")
-    _check_telemetry(session, broker, "send-asyncio", {
-        "bench-aio-ours": lambda: ours.send(message(PAYLOAD)),
-        "bench-aio-azure": lambda: azure.send(azure_message(PAYLOAD)),
-    })
-    return [
-        Contestant("iotdev asyncio", ours.runner(message), ours=True),
-        Contestant("azure-iot-device asyncio", azure.runner(azure_message)),
-    ]
+        return self.loop.run_until_complete(asyncio.wait_for(call(), WAIT))
 
 
 # --------------------------------------------------------------------------- c2d-latency
@@ -446,7 +251,7 @@ class _C2DProbe:
     """Times C2D deliveries to one receiver: the service publishes message
     ``seq`` (in the first 8 bytes of the body), the receiver's handler stamps it."""
 
-    def __init__(self, service: _Service, device_id: str, body: Callable[[Any], bytes]) -> None:
+    def __init__(self, service: Service, device_id: str, body: Callable[[Any], bytes]) -> None:
         self.service = service
         self.device_id = device_id
         self.body = body
@@ -455,8 +260,6 @@ class _C2DProbe:
         self.strays = 0
         self.event = threading.Event()
         self.seq = 0
-        self.timed: list[float] = []  # seconds, every run after the first (the warm-up)
-        self.runs = 0
 
     def handler(self, *args: Any) -> None:
         now = time.perf_counter()
@@ -486,7 +289,7 @@ class _C2DProbe:
                 return
         raise RuntimeError(f"no C2D message reached {self.device_id}'s handler")
 
-    def run(self, work: int) -> float:
+    def run(self, work: int) -> Value:
         samples = []
         for _ in range(work):
             latency = self.one()
@@ -494,10 +297,7 @@ class _C2DProbe:
                 raise RuntimeError(f"C2D message {self.seq} did not reach {self.device_id} "
                                    f"within {WAIT:g} s")
             samples.append(latency)
-        self.runs += 1
-        if self.runs > 1:
-            self.timed.extend(samples)
-        return statistics.median(samples) * 1000.0
+        return Value(statistics.median(samples) * 1000.0, {"p99": _p99(samples) * 1000.0})
 
 
 def _p99(samples: list[float]) -> float:
@@ -506,19 +306,19 @@ def _p99(samples: list[float]) -> float:
 
 
 def _setup_c2d(session: Session) -> list[Contestant]:
-    _require_azure()
-    mqtt = _require_paho()
-    broker = _HubBroker.get()
-    service = _Service(session, broker, "c2d")
+    require_azure()
+    mqtt = require_paho()
+    broker = Broker.get()
+    service = Service(session, broker, "c2d")
 
-    ours = _ours_sync(session, broker, "bench-c2d-ours")
+    ours = ours_sync(session, broker, "bench-c2d-ours")
     ours_probe = _C2DProbe(service, "bench-c2d-ours", lambda m: bytes(m.data))
     ours.on_message_received = ours_probe.handler
 
-    azure = _azure_sync(session, broker, "bench-c2d-azure")
+    azure = azure_sync(session, broker, "bench-c2d-azure")
     azure_probe = _C2DProbe(service, "bench-c2d-azure", lambda m: bytes(m.data))
-    _with_deadline(lambda: setattr(azure, "on_message_received", azure_probe.handler),
-                   "azure-iot-device on_message_received (subscribe)")
+    with_deadline(lambda: setattr(azure, "on_message_received", azure_probe.handler),
+                  "azure-iot-device on_message_received (subscribe)")
 
     paho_probe = _C2DProbe(service, "bench-c2d-paho", lambda m: bytes(m.payload))
     paho = mqtt.Client(client_id="bench-c2d-paho", clean_session=True)
@@ -534,17 +334,12 @@ def _setup_c2d(session: Session) -> list[Contestant]:
     if not subscribed.wait(WAIT):
         raise RuntimeError("paho's C2D SUBSCRIBE was not acknowledged")
 
-    probes = {"iotdev sync": ours_probe, "azure-iot-device sync": azure_probe,
-              "paho-mqtt subscriber": paho_probe}
+    probes = {"iotdev sync": ours_probe, "paho-mqtt subscriber": paho_probe,
+              "azure-iot-device sync": azure_probe}
     for probe in probes.values():
         probe.prime()
 
     def notes() -> None:
-        parts = [f"{name} {_p99(p.timed) * 1000:.3f} ms" for name, p in probes.items()
-                 if p.timed]
-        if parts:
-            count = len(next(iter(probes.values())).timed)
-            session.note(f"p99 over all {count:,} timed messages of each: " + ", ".join(parts))
         strays = {name: p.strays for name, p in probes.items() if p.strays}
         if strays:
             session.note(f"deliveries that were not the awaited message: {strays}")
@@ -552,7 +347,6 @@ def _setup_c2d(session: Session) -> list[Contestant]:
     session.stack.callback(notes)  # runs before the clients shut down
     return [Contestant(name, probe.run, ours=name == "iotdev sync")
             for name, probe in probes.items()]
-
 
 # --------------------------------------------------------------------------- import
 
@@ -614,18 +408,19 @@ def _import_once(module: str) -> tuple[float, int, int, list[str]]:
 
 
 def _setup_import(session: Session) -> list[Contestant]:
-    _require_azure()
+    require_azure()
     modules = {"iotdev": "iotdev", "azure-iot-device": "azure.iot.device"}
     _bytecode_note(session)
     last: dict[str, tuple[float, int, int, list[str]]] = {}
 
-    def runner(name: str) -> Callable[[int], float]:
-        def run(work: int) -> float:
+    def runner(name: str) -> Callable[[int], Value]:
+        def run(work: int) -> Value:
             times = []
             for _ in range(work):
                 last[name] = _import_once(modules[name])
                 times.append(last[name][0])
-            return statistics.median(times) * 1000.0
+            _, before, after, _heavy = last[name]
+            return Value(statistics.median(times) * 1000.0, {"modules": after - before})
 
         return run
 
@@ -634,10 +429,7 @@ def _setup_import(session: Session) -> list[Contestant]:
             counts = ", ".join(
                 f"import {modules[n]}: {after} modules ({after - before:+d} over the "
                 f"interpreter's {before})" for n, (_, before, after, _h) in last.items())
-            ours, azure = last["iotdev"], last["azure-iot-device"]
-            ratio = (ours[2] - ours[1]) / (azure[2] - azure[1])
-            session.note(f"len(sys.modules) after {counts}; modules added, ours / azure: "
-                         f"{ratio:.2f}")
+            session.note(f"len(sys.modules) after {counts}")
             for name, (*_, heavy) in last.items():
                 session.note(f"after import {modules[name]}, loaded: {', '.join(heavy)}")
 
@@ -657,7 +449,7 @@ ca = open(ca_file).read()
 if kind == "iotdev":
     from iotdev import IoTHubDeviceClient
     client = IoTHubDeviceClient.create_from_symmetric_key(
-        key, host, device_id, server_verification_cert=ca, port=int(port))
+        key, host, device_id, server_verification_cert=ca)
 else:
     from azure.iot.device import IoTHubDeviceClient
     client = IoTHubDeviceClient.create_from_symmetric_key(
@@ -676,7 +468,7 @@ client.shutdown()
 """
 
 
-def _rss_once(broker: _HubBroker, kind: str, run_no: int) -> tuple[float, int, list[str]]:
+def _rss_once(broker: Broker, kind: str, run_no: int) -> tuple[float, int, list[str]]:
     args = [sys.executable, "-c", _RSS_SCRIPT, kind, ADDRESS, str(PORT), str(broker.ca_file),
             KEY, f"bench-rss-{kind}-{run_no}", "0.5"]
     done = subprocess.run(args, cwd=REPO, env=_child_env(), capture_output=True, text=True,
@@ -691,23 +483,47 @@ def _rss_once(broker: _HubBroker, kind: str, run_no: int) -> tuple[float, int, l
     return rss_kb / 1024.0, int(threads), list(names)
 
 
+_FLOOR_SCRIPT = """\
+import hashlib, ssl
+with open("/proc/self/status") as status:
+    print(next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")))
+"""
+
+
+def _floor_mb() -> float:
+    """VmRSS of an interpreter that loaded OpenSSL (``hashlib``, ``ssl``) and
+    nothing else: what every Python MQTT client over TLS pays (median of 3)."""
+    values = []
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", _FLOOR_SCRIPT], cwd=REPO, env=_child_env(),
+                              capture_output=True, text=True, timeout=60, check=True)
+        values.append(int(done.stdout.strip()) / 1024.0)
+    return statistics.median(values)
+
+
 def _setup_rss(session: Session) -> list[Contestant]:
     if not Path("/proc/self/status").exists():
         raise Skip("no /proc/self/status (Linux only)")
-    _require_azure()
-    broker = _HubBroker.get()
+    require_azure()
+    broker = Broker.get()
     _bytecode_note(session)
+    floor = _floor_mb()
+    session.note(f"floor: an interpreter with OpenSSL loaded (import hashlib, ssl) is "
+                 f"{floor:.1f} MB; the above_floor metric is RSS minus that")
     last: dict[str, tuple[float, int, list[str]]] = {}
     runs = {"iotdev": 0, "azure": 0}
 
-    def runner(kind: str) -> Callable[[int], float]:
-        def run(work: int) -> float:
-            values = []
+    def runner(kind: str) -> Callable[[int], Value]:
+        def run(work: int) -> Value:
+            values, threads = [], []
             for _ in range(work):
                 runs[kind] += 1
                 last[kind] = _rss_once(broker, kind, runs[kind])
                 values.append(last[kind][0])
-            return statistics.median(values)
+                threads.append(last[kind][1])
+            rss = statistics.median(values)
+            return Value(rss, {"threads": statistics.median(threads),
+                               "above_floor": max(0.0, rss - floor)})
 
         return run
 
@@ -725,27 +541,28 @@ def _setup_rss(session: Session) -> list[Contestant]:
 
 
 register(Figure(
-    name="device-send-sync",
-    title="IoTHubDeviceClient.send_message of a 200-byte Message, one at a time, sync",
-    unit="msgs/s", setup=_setup_send_sync, work=3000, quick_work=200,
-    description=__doc__ or ""))
-register(Figure(
-    name="device-send-asyncio",
-    title="IoTHubDeviceClient.send_message, 1,000 concurrent awaits (asyncio.gather)",
-    unit="msgs/s", setup=_setup_send_asyncio, work=10_000, quick_work=1000,
-    description=__doc__ or ""))
-register(Figure(
     name="c2d-latency",
     title="C2D latency: service PUBLISH (QoS 1) to the device's on_message_received handler",
-    unit="ms", setup=_setup_c2d, work=1000, quick_work=100, kind="value",
-    higher_is_better=False, description=__doc__ or ""))
+    unit="ms", setup=_setup_c2d, work=1000, quick_work=50, kind="value",
+    higher_is_better=False, metrics=(Metric("p99", "ms", title="p99"),),
+    targets=(Target("C2D delivery median <= paho-mqtt's", "iotdev sync",
+                    "paho-mqtt subscriber", at_least=1.0),),
+    chart="latency", description=__doc__ or ""))
 register(Figure(
     name="import",
     title="import time of the package in a fresh interpreter (median of several)",
-    unit="ms", setup=_setup_import, work=5, quick_work=2, kind="value",
-    higher_is_better=False, description=__doc__ or ""))
+    unit="ms", setup=_setup_import, work=5, quick_work=1, kind="value", rounds=5,
+    higher_is_better=False, metrics=(Metric("modules", "modules", title="modules added"),),
+    targets=(Target("import time <= 0.5x azure-iot-device's", "iotdev", "azure-iot-device",
+                    at_least=2.0),),
+    description=__doc__ or ""))
 register(Figure(
     name="rss-threads",
     title="resident set size of a fresh process after one sync client connected",
-    unit="MB", setup=_setup_rss, work=2, quick_work=1, kind="value",
-    higher_is_better=False, description=__doc__ or ""))
+    unit="MB", setup=_setup_rss, work=1, quick_work=1, kind="value", rounds=5,
+    higher_is_better=False, metrics=(
+        Metric("threads", "threads", title="threads"),
+        Metric("above_floor", "MB", title="MB above interpreter + OpenSSL")),
+    targets=(Target("RSS after connect <= 0.6x azure-iot-device's", "iotdev sync",
+                    "azure-iot-device sync", at_least=1 / 0.6),),
+    description=__doc__ or ""))
