@@ -6,6 +6,7 @@ No I/O here."""
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from .transport._endpoint import Endpoint
 from .transport._options import ConnectOptions, Credentials, ReconnectPolicy
 
 if TYPE_CHECKING:
+    from ._outbox import Outbox
     from ._upload import UploadConfig
 
 __all__ = ["HubConfig", "ParsedIncoming", "build_config"]
@@ -43,7 +45,10 @@ _KNOWN_OPTIONS = {
     "connection_retry_interval", "ensure_desired_properties",
     # iotdev extensions
     "port", "operation_timeout", "max_queued_messages", "https_port",
+    "outbox_path", "outbox_max_bytes", "outbox_overflow",
 }
+DEFAULT_OUTBOX_MAX_BYTES = 64 * 1024 * 1024
+OUTBOX_WINDOW = 64  # outbox rows in flight at most (capped by max_queued_messages)
 
 
 @dataclass
@@ -72,6 +77,9 @@ class HubConfig:
     operation_timeout: float = DEFAULT_OPERATION_TIMEOUT
     max_queued_messages: int = 10_000
     https_port: int = 443
+    outbox_path: str | os.PathLike[str] | None = None
+    outbox_max_bytes: int = DEFAULT_OUTBOX_MAX_BYTES
+    outbox_overflow: str = "error"
     token_expiry: float | None = field(default=None, repr=False)
     _contexts: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -82,10 +90,14 @@ class HubConfig:
     def endpoint(self) -> Endpoint:
         host = self.gateway_hostname or self.hostname
         port = self.port if self.port is not None else (443 if self.websockets else 8883)
-        from .transport._tls import make_client_context
+        from .transport._tls import make_client_context, shared_client_context
 
-        ctx = make_client_context(server_verification_cert=self.server_verification_cert,
-                                  cipher=self.cipher or None, x509=self.x509)
+        if self.x509 is None:
+            ctx = shared_client_context(server_verification_cert=self.server_verification_cert,
+                                        cipher=self.cipher or None)
+        else:
+            ctx = make_client_context(server_verification_cert=self.server_verification_cert,
+                                      cipher=self.cipher or None, x509=self.x509)
         return Endpoint(host=host, port=port,
                         transport="websockets" if self.websockets else "tls",
                         tls_context=ctx, ws_path="/$iothub/websocket",
@@ -124,6 +136,21 @@ class HubConfig:
                             blob_endpoint=blob_endpoint, authorization=self.http_authorization,
                             user_agent=default_user_agent() + str(self.product_info or ""),
                             timeout=self.operation_timeout)
+
+    def open_outbox(self) -> Outbox | None:
+        """The durable outbox of ``send_message`` (``outbox_path``), or ``None``.
+
+        Raises:
+            ClientError: it cannot be opened, belongs to another device, or is
+                in use by another client.
+        """
+        if self.outbox_path is None:
+            return None
+        from ._outbox import Outbox
+
+        return Outbox(self.outbox_path, max_bytes=self.outbox_max_bytes,
+                      overflow=self.outbox_overflow, owner=self.client_id,
+                      window=min(OUTBOX_WINDOW, self.max_queued_messages))
 
     def http_authorization(self) -> str | None:
         """The ``Authorization`` header of an HTTPS call: a token made now from the
@@ -183,7 +210,8 @@ def _check_options(kwargs: dict[str, Any]) -> dict[str, Any]:
             raise TypeError("proxy_options must be a ProxyOptions")
     for name, low, high in (("sastoken_ttl", 1, None), ("keep_alive", 1, 1740),
                             ("connection_retry_interval", 1, None), ("port", 1, 65535),
-                            ("max_queued_messages", 1, None), ("https_port", 1, 65535)):
+                            ("max_queued_messages", 1, None), ("https_port", 1, 65535),
+                            ("outbox_max_bytes", 1, None)):
         if name in kwargs:
             value = kwargs[name]
             if isinstance(value, bool) or not isinstance(value, int):
@@ -195,6 +223,22 @@ def _check_options(kwargs: dict[str, Any]) -> dict[str, Any]:
         value = kwargs["operation_timeout"]
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise ValueError(f"operation_timeout must be a positive number, got {value!r}")
+    path = kwargs.get("outbox_path")
+    if path is not None:
+        if not isinstance(path, str | os.PathLike):
+            raise TypeError(f"outbox_path must be a str or os.PathLike (or None), "
+                            f"not {type(path).__name__}")
+        text = os.fspath(path)
+        if not isinstance(text, str):
+            raise TypeError("outbox_path must be a str or os.PathLike[str], not bytes")
+        if text in ("", ":memory:"):
+            raise ValueError(f"outbox_path must name a file, got {text!r}")
+    if "outbox_overflow" in kwargs:
+        value = kwargs["outbox_overflow"]
+        if not isinstance(value, str):
+            raise TypeError(f"outbox_overflow must be a str, not {type(value).__name__}")
+        if value not in ("error", "drop_oldest"):
+            raise ValueError(f"outbox_overflow must be 'error' or 'drop_oldest', got {value!r}")
     return kwargs
 
 

@@ -10,7 +10,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iotdev_mqtt import MessageReceived
 
@@ -38,6 +38,9 @@ from ._models import Message, MethodRequest, MethodResponse
 from .transport._credentials import X509
 from .transport._thread import Completion, ThreadDriver
 
+if TYPE_CHECKING:
+    from ._outbox_sender import ThreadSender
+
 __all__ = ["IoTHubDeviceClient"]
 
 _CLOSED = object()  # put in the inboxes at shutdown
@@ -63,6 +66,7 @@ class IoTHubDeviceClient:
         self._last_desired_version: int | None = None
         self._shutdown = False
         self._http_sessions: set[Any] = set()  # HTTPSessions of calls in progress
+        outbox = config.open_outbox()  # outbox_path: opened before the I/O thread starts
         self._driver = ThreadDriver(
             config.endpoint(), config.connect_options(),
             reconnect=config.reconnect_policy(),
@@ -70,6 +74,11 @@ class IoTHubDeviceClient:
             on_error=self._background, intercept=self._intercept,
             on_io_state=self._on_io_state, max_queued=config.max_queued_messages,
         )
+        self._outbox: ThreadSender | None = None
+        if outbox is not None:
+            from ._outbox_sender import ThreadSender  # SQLite only for outbox users
+
+            self._outbox = ThreadSender(outbox, self._driver, config, self._report_background)
 
     # ------------------------------------------------------------- factories
 
@@ -137,6 +146,8 @@ class IoTHubDeviceClient:
         """Disconnect; operations still pending end with ``OperationCancelled``."""
         self._check_alive()
         self._cancel_renewal()
+        if self._outbox is not None:
+            self._outbox.disconnecting()
         self._wait(self._driver.disconnect(), timeout, "disconnect")
         self._fail_twin(OperationCancelled("disconnect() was called"))
 
@@ -146,7 +157,11 @@ class IoTHubDeviceClient:
             return
         self._shutdown = True
         self._cancel_renewal()
+        if self._outbox is not None:
+            self._outbox.stop()
         self._driver.shutdown()
+        if self._outbox is not None:  # after the I/O thread: every PUBACK seen is deleted
+            self._outbox.close()
         self._fail_twin(OperationCancelled("shutdown() was called"))
         with self._lock:
             boxes = list(self._inboxes.values())
@@ -275,14 +290,62 @@ class IoTHubDeviceClient:
         ``Message`` becomes one.  While the connection is down (and retry is
         on) the message waits in a bounded queue and is sent on reconnect.
 
+        With ``outbox_path`` (store and forward): returns once the message is
+        stored on disk, connected or not, without waiting for the PUBACK; the
+        outbox sends it in order, at least once, across reconnections and
+        restarts (``outbox_pending``, ``wait_outbox_drained``).  When not
+        connected and ``auto_connect`` is on, a connection is started in the
+        background (its failures go to ``on_background_exception``).
+        ``timeout`` is then unused.
+
         Raises:
             ValueError: over 256 KB.  OperationTimeout, ConnectionDroppedError,
-            OperationCancelled, NoConnectionError.
+            OperationCancelled, NoConnectionError.  With an outbox only
+            ``ClientError``: the outbox is full (``outbox_overflow="error"``) or
+            the disk failed.
         """
         self._check_alive()
         topic, body = telemetry_publish(self._config, message)
+        if self._outbox is not None:
+            self._outbox.put(topic, body)  # durable from here on
+            return
         self._ensure_connected()
         self._wait(self._driver.publish(topic, body, 1, False), timeout, "send_message")
+
+    # ---------------------------------------------------------------- outbox
+
+    @property
+    def outbox_pending(self) -> int:
+        """Messages in the outbox not yet acknowledged by the hub (those in
+        flight included); 0 without an outbox."""
+        return self._outbox.outbox.pending if self._outbox is not None else 0
+
+    @property
+    def outbox_dropped(self) -> int:
+        """Messages ``outbox_overflow="drop_oldest"`` deleted unsent since this
+        client was created; 0 without an outbox."""
+        return self._outbox.outbox.dropped if self._outbox is not None else 0
+
+    def wait_outbox_drained(self, *, timeout: float | None = None) -> None:
+        """Wait until every message accepted by ``send_message`` before this
+        call has left the outbox (acknowledged by the hub, or dropped by
+        ``drop_oldest``).  Returns at once without an outbox.  When not
+        connected, ``auto_connect`` starts a connection in the background as
+        ``send_message`` does (with ``auto_connect=False`` call ``connect()``).
+
+        Raises:
+            OperationTimeout: ``timeout`` (default ``operation_timeout``) passed
+                first; the messages stay in the outbox.
+            OperationCancelled: the client was shut down meanwhile.
+        """
+        self._check_alive()
+        if self._outbox is not None:
+            self._outbox.wait_drained(self._timeout(timeout))
+
+    def _report_background(self, exc: BaseException) -> None:
+        """From the I/O thread: ``exc`` to ``on_background_exception`` (on the
+        handler thread)."""
+        self._driver.dispatch(lambda: self._background(exc))
 
     # --------------------------------------------------------------- methods
 
@@ -370,6 +433,8 @@ class IoTHubDeviceClient:
         """I/O thread, at the drop itself: note which twin requests the hub had
         acknowledged (decides what the reconnect does with each)."""
         if connected:
+            if self._outbox is not None:
+                self._outbox.connected()  # pending rows (this run's or a previous one's) leave
             return
         with self._lock:
             self._acked_at_drop = {

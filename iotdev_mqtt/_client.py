@@ -153,6 +153,7 @@ class ClientConnection(_Endpoint):
         self._out.append(data)
         self._last_out = now
         self._last_in = now
+        self._wait_from = None
         self._ping_sent = None
         self._connect_deadline = now + self._connect_timeout
         return events
@@ -219,6 +220,8 @@ class ClientConnection(_Endpoint):
         if self._state is State.CONNECTED:
             req.sent = True
             self._send(packet, now)
+            if self._wait_from is None:
+                self._wait_from = now
         return pid
 
     def ack(self, packet_id: int, *, now: float) -> bool:
@@ -247,7 +250,21 @@ class ClientConnection(_Endpoint):
             return None
         if self._ping_sent is not None:
             return self._ping_sent + self._ping_wait()
-        return self._last_out + self._keep_alive
+        return self._ping_due()
+
+    def _ping_due(self) -> float:
+        """When the next PINGREQ is due: after keep alive seconds of our own
+        silence [MQTT-3.1.2-23], or after keep alive seconds of waiting for an
+        ack (PUBACK, SUBACK...) without a packet from the server.  The second
+        rule finds a dead (half-open) link while we keep sending: our own
+        traffic resets the first timer, so without it a steady sender would
+        only notice once the in-flight window is full, which at one message per
+        keep-alive period takes ``max_inflight`` periods."""
+        due = self._last_out + self._keep_alive
+        waiting = self._wait_from
+        if waiting is not None and waiting + self._keep_alive < due:
+            return waiting + self._keep_alive
+        return due
 
     def _ping_wait(self) -> float:
         return float(self._keep_alive) if self._ping_timeout is None else self._ping_timeout
@@ -273,7 +290,7 @@ class ClientConnection(_Endpoint):
                     f"no PINGRESP within {self._ping_wait():g} s of PINGREQ (keep alive "
                     f"{self._keep_alive} s)")]
             return []
-        if now >= self._last_out + self._keep_alive:
+        if now >= self._ping_due():
             self._move(Input.PING_DUE)
             self._send(PingReq(), now)
             self._ping_sent = now
@@ -305,7 +322,16 @@ class ClientConnection(_Endpoint):
             raise LocalProtocolError("receive_data() called with no connection: call connect()")
         if state is State.ERROR:
             self._move(Input.RECV_PUBLISH, remote=True)
-        return self._receive(data, now)
+        events = self._receive(data, now)
+        if self._last_in == now:  # heard from the server: any wait starts over now
+            self._wait_from = now if self._awaiting() else None
+        return events
+
+    def _awaiting(self) -> bool:
+        """Whether something we sent still waits for the server's ack."""
+        if self._session.inflight:
+            return True
+        return any(req.sent for req in self._requests.values())
 
     def _handle(self, packet: Packet, events: list[Event], now: float) -> None:
         kind = type(packet)
@@ -397,6 +423,7 @@ class ClientConnection(_Endpoint):
         self._move(Input.CONNECTION_LOST)
         self._reset_transport()
         self._ping_sent = None
+        self._wait_from = None
         self._connect_deadline = None
         events: list[Event] = []
         for pid, req in list(self._requests.items()):

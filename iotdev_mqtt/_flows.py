@@ -147,6 +147,9 @@ class _Endpoint:
         self._keep_alive = 0
         self._last_out = 0.0
         self._last_in = 0.0
+        # Since when we have been waiting for an ack without hearing from the
+        # peer (None: nothing awaited, or heard since); the client pings on it.
+        self._wait_from: float | None = None
 
     # ------------------------------------------------------------------ basics
 
@@ -347,6 +350,8 @@ class _Endpoint:
             inflight[pid] = msg
             out.append(publish_bytes(msg.topic, msg.payload, msg.qos, msg.retain, False, pid))
             sent = True
+            if self._wait_from is None:
+                self._wait_from = now
         if sent:
             self._last_out = now
 

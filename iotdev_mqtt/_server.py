@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ._codec import encode
-from ._errors import LocalProtocolError, RemoteProtocolError
+from ._errors import LocalProtocolError, PacketTooLarge, RemoteProtocolError
 from ._events import (
     ClientDisconnected,
     Connected,
@@ -58,6 +58,10 @@ class ServerConnection(_Endpoint):
             intervals without a packet [MQTT-3.1.2-24].
         max_early_packets: packets the client may pipeline after CONNECT
             before ``accept()``; one more is a ``RemoteProtocolError``.
+        max_connect_size: if set, a client that has sent more than this many
+            bytes of an incomplete first packet gets ``PacketTooLarge`` (what an
+            unauthenticated socket may make the server buffer), while packets
+            after CONNECT may be up to ``max_packet_size``.
         now: when the transport was opened (starts the CONNECT timer).
     """
 
@@ -74,6 +78,7 @@ class ServerConnection(_Endpoint):
         connect_timeout: float = 10.0,
         keep_alive_factor: float = 1.5,
         max_early_packets: int = 1000,
+        max_connect_size: int | None = None,
         now: float | None = None,
     ) -> None:
         super().__init__(
@@ -88,6 +93,10 @@ class ServerConnection(_Endpoint):
         self._early: list[Packet] = []
         self._early_error: RemoteProtocolError | None = None
         self._max_early = max_early_packets
+        if max_connect_size is not None and (type(max_connect_size) is not int
+                                             or max_connect_size < 5):
+            raise ValueError(f"max_connect_size must be an int >= 5, got {max_connect_size!r}")
+        self._max_connect = max_connect_size
         self._subscribes: dict[int, int] = {}  # SUBSCRIBE id -> number of filters
         self.connect_packet: Connect | None = None
 
@@ -113,7 +122,16 @@ class ServerConnection(_Endpoint):
             return []
         if state is State.ERROR:
             self._move(Input.RECV_PUBLISH, remote=True)
-        return self._receive(data, now)
+        events = self._receive(data, now)
+        limit = self._max_connect
+        if limit is not None and self.connect_packet is None and self._reader.buffered > limit:
+            # An unauthenticated peer may not make us buffer more than this.
+            error = self._fail(PacketTooLarge(
+                f"the first packet is over {limit} bytes (the limit before CONNECT)",
+                packet="CONNECT"))
+            error.events = tuple(events)
+            raise error
+        return events
 
     def _defer(self, error: RemoteProtocolError) -> bool:
         if self._state is State.CONNECTING:

@@ -324,3 +324,17 @@ def test_upload_through_an_http_proxy(hub: Hub, dev: str, tinyproxy: ProxyProces
     finally:
         device.shutdown()
     assert tinyproxy.log_text().count("CONNECT") > before
+
+
+def test_upload_through_a_gateway_host_name(hub: Hub, dev: str) -> None:
+    """``gateway_hostname``: TCP and TLS go to the gateway (here the emulator's
+    address), the SAS token and ``Host`` name the hub."""
+    device = hub.store.device(dev)
+    assert device is not None and device.primary_key
+    client_ = IoTHubDeviceClient.create_from_symmetric_key(
+        device.primary_key, hub.hub_name, dev, gateway_hostname=HOST, **options(hub))
+    try:
+        result = client_.upload_blob("via-gateway.txt", b"gateway")
+        assert stored(record(hub, dev, result.correlation_id)) == b"gateway"
+    finally:
+        client_.shutdown()

@@ -9,7 +9,7 @@ import inspect
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iotdev_mqtt import MessageReceived
 
@@ -37,11 +37,20 @@ from .._models import Message, MethodRequest, MethodResponse
 from ..transport._asyncio import AsyncDriver
 from ..transport._credentials import X509
 
+if TYPE_CHECKING:
+    from .._outbox_sender import AsyncSender
+
 __all__ = ["IoTHubDeviceClient"]
 
 _CLOSED = object()  # put in the inboxes at shutdown
 
 log = logging.getLogger(__name__)
+
+# Back-pressure: while this many coroutine handlers are still running, the
+# client stops reading from the hub (and resumes at a quarter of it), so a
+# flood of messages at a handler that falls behind cannot grow memory without
+# bound (each waiting task holds its message).
+MAX_HANDLER_TASKS = 256
 
 
 class IoTHubDeviceClient:
@@ -63,12 +72,20 @@ class IoTHubDeviceClient:
         self._http_sessions: set[Any] = set()  # HTTPSessions of calls in progress
         self._renew_handle: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._handler_tasks = 0  # coroutine handlers still running (back-pressure)
+        outbox = config.open_outbox()  # outbox_path
         self._driver = AsyncDriver(
             config.endpoint(), config.connect_options(),
             reconnect=config.reconnect_policy(),
             on_message=self._on_message, on_state=self._on_state,
             on_error=self._background, max_queued=config.max_queued_messages,
         )
+        self._outbox: AsyncSender | None = None
+        if outbox is not None:
+            from .._outbox_sender import AsyncSender  # SQLite only for outbox users
+
+            self._outbox = AsyncSender(outbox, self._driver, config, self._background,
+                                       self.connect)
 
     # ------------------------------------------------------------- factories
 
@@ -126,6 +143,8 @@ class IoTHubDeviceClient:
     async def disconnect(self) -> None:
         self._check_alive()
         self._cancel_renewal()
+        if self._outbox is not None:
+            self._outbox.disconnecting()
         await self._driver.disconnect()
         self._fail_twin(OperationCancelled("disconnect() was called"))
 
@@ -134,7 +153,11 @@ class IoTHubDeviceClient:
             return
         self._shutdown = True
         self._cancel_renewal()
+        if self._outbox is not None:
+            self._outbox.disconnecting()
         await self._driver.shutdown()
+        if self._outbox is not None:
+            self._outbox.close()
         self._fail_twin(OperationCancelled("shutdown() was called"))
         for box in self._inboxes.values():  # wake receive_*() calls
             box.put_nowait(_CLOSED)
@@ -211,12 +234,43 @@ class IoTHubDeviceClient:
     # ------------------------------------------------------------ operations
 
     async def send_message(self, message: Any, *, timeout: float | None = None) -> None:
-        """Send telemetry (QoS 1; returns on PUBACK).  See the sync client."""
+        """Send telemetry (QoS 1; returns on PUBACK).  See the sync client.
+
+        With ``outbox_path``: returns once the message is stored on disk (one
+        SQLite transaction with an fsync, on the loop), without waiting for
+        the PUBACK; see ``iotdev.IoTHubDeviceClient.send_message``."""
         self._check_alive()
         topic, body = telemetry_publish(self._config, message)
+        if self._outbox is not None:
+            self._outbox.put(topic, body)  # durable from here on
+            await asyncio.sleep(0)  # let the sender run: a tight send loop must not starve it
+            return
         await self._ensure_connected()
         await self._bounded(self._driver.publish(topic, body, 1, False), timeout,
                             "send_message")
+
+    # ---------------------------------------------------------------- outbox
+
+    @property
+    def outbox_pending(self) -> int:
+        """As ``iotdev.IoTHubDeviceClient.outbox_pending``."""
+        return self._outbox.outbox.pending if self._outbox is not None else 0
+
+    @property
+    def outbox_dropped(self) -> int:
+        """As ``iotdev.IoTHubDeviceClient.outbox_dropped``."""
+        return self._outbox.outbox.dropped if self._outbox is not None else 0
+
+    async def wait_outbox_drained(self, *, timeout: float | None = None) -> None:
+        """As ``iotdev.IoTHubDeviceClient.wait_outbox_drained``.
+
+        Raises:
+            OperationTimeout, OperationCancelled.
+        """
+        self._check_alive()
+        if self._outbox is not None:
+            await self._outbox.wait_drained(
+                self._config.operation_timeout if timeout is None else timeout)
 
     async def send_method_response(self, method_response: MethodResponse, *,
                                    timeout: float | None = None) -> None:
@@ -490,7 +544,19 @@ class IoTHubDeviceClient:
             self._background(exc)
             return
         if inspect.isawaitable(result):
-            self._spawn(result)
+            self._handler_tasks += 1
+            if self._handler_tasks >= MAX_HANDLER_TASKS:
+                self._driver.pause_reading(True)
+            self._spawn(self._handler_done(result))
+
+    async def _handler_done(self, running: Any) -> None:
+        """Await a coroutine handler, then count it out (see MAX_HANDLER_TASKS)."""
+        try:
+            await running
+        finally:
+            self._handler_tasks -= 1
+            if self._handler_tasks == MAX_HANDLER_TASKS // 4:
+                self._driver.pause_reading(False)
 
     def _background(self, exc: BaseException) -> None:
         handler = self._handlers.get("on_background_exception")
@@ -513,6 +579,8 @@ class IoTHubDeviceClient:
             }
         self._call("on_connection_state_change")
         if connected:
+            if self._outbox is not None:
+                self._outbox.connected()  # pending rows (this run's or a previous one's) leave
             self._spawn(self._after_connect())
 
     async def _after_connect(self) -> None:

@@ -28,8 +28,8 @@ __all__ = ["DeviceConnection", "DevicePortConnection"]
 log = logging.getLogger(__name__)
 
 WS_PATH = "/$iothub/websocket"
-FIRST_REQUEST_TIMEOUT = 30.0
-"""Seconds the device port waits for the TLS handshake and a request line."""
+MAX_CONNECT_SIZE = 64 * 1024
+"""Largest CONNECT the hub reads (a device's is a few hundred bytes)."""
 
 
 class DeviceConnection(asyncio.Protocol):
@@ -43,8 +43,11 @@ class DeviceConnection(asyncio.Protocol):
         if websocket:
             layers.append(WebSocketServerLayer(path=WS_PATH))
         self.stack = Stack(layers)
-        self.engine = ServerConnection(now=self.loop.time(), connect_timeout=30.0,
-                                       max_packet_size=hub.max_packet_size)
+        # What an unauthenticated socket may cost: CONNECT within
+        # hub.connect_timeout seconds, and at most MAX_CONNECT_SIZE bytes of it.
+        self.engine = ServerConnection(now=self.loop.time(), connect_timeout=hub.connect_timeout,
+                                       max_packet_size=hub.max_packet_size,
+                                       max_connect_size=MAX_CONNECT_SIZE)
         self.transport: asyncio.Transport | None = None
         self.device_id: str | None = None
         self.closed = False
@@ -203,7 +206,8 @@ class DevicePortConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.api.pending.add(self)
-        self._timer = self.loop.call_later(FIRST_REQUEST_TIMEOUT, self.close,
+        # The TLS handshake and a request line within the hub's CONNECT timeout.
+        self._timer = self.loop.call_later(self.hub.connect_timeout, self.close,
                                            "no request in time")
         try:
             self.tls.start()

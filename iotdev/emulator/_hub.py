@@ -104,6 +104,9 @@ class Hub:
             default; 0 picks a free port; ``None`` disables both).
         state_dir: where the CA, the certificates and the state live (a
             temporary folder when ``None``).
+        connect_timeout: seconds a new connection has to send its CONNECT
+            (TLS handshake included); an unauthenticated socket also may not
+            send more than 64 KiB before it.
         connection_host: the ``HostName`` put in connection strings
             (default: ``host``, so that clients dial the right address).
         http_port: the HTTPS service API (``_service.py``; 0 picks a free
@@ -129,6 +132,7 @@ class Hub:
         state_dir: Path | str | None = None,
         connection_host: str | None = None,
         max_packet_size: int = 512 * 1024,
+        connect_timeout: float = 30.0,
         http_port: int | None = None,  # service API (HTTPS)
         http_allow_remote: bool = False,  # service API (HTTPS)
         upload_container: str = DEFAULT_CONTAINER,
@@ -139,6 +143,7 @@ class Hub:
         self.mqtt_port = mqtt_port
         self.ws_port = ws_port
         self.max_packet_size = max_packet_size
+        self.connect_timeout = connect_timeout
         if state_dir is None:
             import tempfile
 

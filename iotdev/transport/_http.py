@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import socket
 import threading
 import time
@@ -71,6 +72,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 MAX_HEAD = 64 * 1024
 """Largest response status line plus headers we accept."""
@@ -280,7 +283,11 @@ class HTTPConnection:
         assert conn is not None and stack is not None
         head: h11.Response | None = None
         body = bytearray()
-        got_bytes = False
+        # Bytes the server sent after the previous response, already in h11's
+        # buffer, count as received: otherwise whether an EOF that follows means
+        # "stale connection, resend" would depend on how reads split them
+        # (found by the http-response fuzz target).
+        got_bytes = bool(conn.trailing_data[0])
         while True:
             try:
                 event = conn.next_event()
@@ -324,6 +331,7 @@ class HTTPConnection:
                         f"{self.max_body} bytes")
             elif isinstance(event, h11.EndOfMessage):
                 assert head is not None
+                log.debug("%s -> %d", request.label, head.status_code)
                 response = HTTPResponse(
                     status=head.status_code,
                     reason=head.reason.decode("latin-1", "replace"),

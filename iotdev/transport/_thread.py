@@ -73,6 +73,21 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[Any], None]
 
+# Back-pressure.  The I/O thread stops reading from the server while the
+# handler thread has more than MAX_HANDLER_BACKLOG bytes of messages waiting
+# (until they are down to a quarter of it), or while more than
+# MAX_PENDING_OUT bytes wait to be written (a server that does not read our
+# acks): TCP then holds the server back, so a flood cannot grow memory
+# without bound.  A queued message counts its payload plus MESSAGE_OVERHEAD.
+MAX_HANDLER_BACKLOG = 4 << 20
+MAX_PENDING_OUT = 4 << 20
+MESSAGE_OVERHEAD = 512
+
+
+_CALLBACKS = threading.Lock()
+"""Orders ``Completion.add_done_callback`` against ``_finish`` (held for a few
+instructions; uncontended on the hot path)."""
+
 
 class Completion:
     """The outcome of one operation, set by the I/O thread and awaited by
@@ -118,18 +133,21 @@ class Completion:
     def add_done_callback(self, fn: Callable[[Completion], None]) -> None:
         """Call ``fn(self)`` when done (at once if it is; otherwise on the I/O
         thread, so keep it short)."""
-        if self._done:
-            fn(self)
-        else:
-            if self._callbacks is None:
-                self._callbacks = []
-            self._callbacks.append(fn)
+        with _CALLBACKS:  # a caller's thread racing the I/O thread's _finish()
+            if not self._done:
+                if self._callbacks is None:
+                    self._callbacks = []
+                self._callbacks.append(fn)
+                return
+        fn(self)
 
     def _finish(self) -> None:
-        self._done = True
+        with _CALLBACKS:
+            self._done = True
+            callbacks = self._callbacks
         self._lock.release()
-        if self._callbacks:
-            for fn in self._callbacks:
+        if callbacks:
+            for fn in callbacks:
                 try:
                     fn(self)
                 except Exception:
@@ -206,6 +224,13 @@ class ThreadDriver:
         self._qos0: list[Completion] = []
         self._requests: dict[int, Completion] = {}
         self._stopping = False
+        # Checking _stopping and queueing a command are one step under this
+        # lock: a call racing shutdown() is either queued before the stop
+        # command (and cancelled by it) or refused, never queued behind it.
+        self._submit_lock = threading.Lock()
+        self._backlog = 0  # bytes of messages queued for the handler thread
+        self._backlog_lock = threading.Lock()
+        self._reading_paused = False
         self._connected = False
         self._ever_connected = False
         self._rng = random.Random()
@@ -232,10 +257,13 @@ class ThreadDriver:
         return (not self._connected and self._want_connected and self._ever_connected
                 and self.reconnect.enabled)
 
-    def _submit(self, command: Callable[[], None]) -> None:
-        if self._stopping:
-            raise ClientError("the client has been shut down")
-        self._commands.append(command)
+    def _submit(self, command: Callable[[], None], *, last: bool = False) -> None:
+        with self._submit_lock:
+            if self._stopping:
+                raise ClientError("the client has been shut down")
+            self._commands.append(command)
+            if last:  # the stop command: nothing may be queued after it
+                self._stopping = True
         try:
             self._wake_w.send(b"\0")
         except (BlockingIOError, OSError):
@@ -308,10 +336,10 @@ class ThreadDriver:
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop the I/O and handler threads; pending operations end with
         ``OperationCancelled``.  Idempotent."""
-        if self._stopping:
-            return
-        self._submit(self._cmd_shutdown)
-        self._stopping = True
+        try:
+            self._submit(self._cmd_shutdown, last=True)
+        except ClientError:
+            return  # already stopping
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
         if self._handler_thread is not None:
@@ -345,6 +373,10 @@ class ThreadDriver:
 
     def _report_state(self, connected: bool, reason: str | None) -> None:
         self._connected = connected
+        if connected:
+            log.info("connected to %s", self.endpoint.describe())
+        else:
+            log.info("disconnected from %s: %s", self.endpoint.describe(), reason)
         if self.on_io_state is not None:  # I/O thread, at the very moment of the change
             try:
                 self.on_io_state(connected)
@@ -622,14 +654,46 @@ class ThreadDriver:
                 self._lost(f"socket error: {exc}", exc)
                 return
             self._pending_out = data[sent:]
-            mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._pending_out else 0)
-            if mask != self._mask:  # epoll_ctl only when the interest changes
-                self._mask = mask
-                self._selector.modify(sock, mask)
+        self._update_interest(sock)
         if self._qos0 and not self._pending_out:
             for fut in self._qos0:
                 fut.set_result(None)
             self._qos0.clear()
+
+    def _update_interest(self, sock: socket.socket) -> None:
+        """Select the socket for writing while bytes wait, and for reading
+        unless back-pressure applies (see ``MAX_HANDLER_BACKLOG``)."""
+        with self._backlog_lock:
+            paused = self._backlog > (MAX_HANDLER_BACKLOG // 4 if self._reading_paused
+                                      else MAX_HANDLER_BACKLOG)
+            self._reading_paused = paused
+        pending = len(self._pending_out)
+        mask = 0 if paused or pending > MAX_PENDING_OUT else selectors.EVENT_READ
+        if pending:
+            mask |= selectors.EVENT_WRITE
+        if mask != self._mask:  # epoll_ctl only when the interest changes
+            if not self._mask:
+                self._selector.register(sock, mask)
+            elif not mask:
+                self._selector.unregister(sock)
+            else:
+                self._selector.modify(sock, mask)
+            self._mask = mask
+
+    def _deliver(self, on_message: Handler, event: MessageReceived, size: int) -> None:
+        """Handler thread: one message to ``on_message``; then its bytes leave
+        the backlog, and the I/O thread is woken if it paused reading for them."""
+        try:
+            on_message(event)
+        finally:
+            with self._backlog_lock:
+                self._backlog -= size
+                wake = self._reading_paused and self._backlog <= MAX_HANDLER_BACKLOG // 4
+            if wake:
+                try:
+                    self._wake_w.send(b"\0")
+                except (BlockingIOError, OSError):
+                    pass
 
     # ------------------------------------------------------------- the engine
 
@@ -643,7 +707,11 @@ class ThreadDriver:
                 if self.intercept is not None and self.intercept(event):
                     continue  # consumed on the I/O thread (e.g. a response a caller awaits)
                 if self.on_message is not None:
-                    self._dispatch(functools.partial(self.on_message, event))
+                    size = len(event.payload) + MESSAGE_OVERHEAD
+                    with self._backlog_lock:
+                        self._backlog += size
+                    self._dispatch(functools.partial(self._deliver, self.on_message, event,
+                                                     size))
             elif isinstance(event, Subscribed):
                 req = self._requests.pop(event.packet_id, None)
                 if req is not None:
@@ -711,6 +779,12 @@ class ThreadDriver:
             self._fail_attempt(error, exc if exc is not error else None)
             return
         self._close_socket(reason, report=True)
+        # Say why, as azure-iot-device v2 does: the state change carries no
+        # reason, and a server that breaks the protocol after CONNACK would
+        # otherwise go unreported.
+        dropped = ConnectionDroppedError(f"connection lost: {reason}")
+        dropped.__cause__ = exc
+        self._report_error(dropped)
         if self.reconnect.enabled and self._want_connected:
             self._schedule_retry()
         else:
@@ -722,6 +796,7 @@ class ThreadDriver:
         reports it to the caller; a reconnection retries (policy permitting)."""
         if cause is not None and error.__cause__ is None:
             error.__cause__ = cause
+        log.debug("connection attempt to %s failed: %s", self.endpoint.describe(), error)
         if isinstance(error, ConnectionDroppedError):  # dropped before CONNACK: a failure
             failed = ConnectionFailedError(str(error))
             failed.__cause__ = error
@@ -739,6 +814,8 @@ class ThreadDriver:
     def _schedule_retry(self) -> None:
         delay = self.reconnect.delay(self._attempt + 1, self._rng)
         self._retry_at = time.monotonic() + delay
+        log.info("reconnecting to %s in %.1f s (attempt %d)", self.endpoint.describe(), delay,
+                 self._attempt + 1)
 
     def _fail_pending(self, error: BaseException) -> None:
         """Give up: every waiting operation gets ``error`` and the session is

@@ -17,7 +17,7 @@ from .._errors import ConnectionDroppedError, TLSError, TLSVerificationError
 from ._credentials import X509
 from ._layer import Layer
 
-__all__ = ["X509", "TLSLayer", "make_client_context"]
+__all__ = ["X509", "TLSLayer", "make_client_context", "shared_client_context"]
 
 
 def _cipher_string(cipher: str | list[str] | tuple[str, ...]) -> str:
@@ -74,6 +74,28 @@ def make_client_context(
         except (OSError, ssl.SSLError) as exc:
             raise ValueError(f"cannot load the X.509 certificate {x509.cert_file!r} / "
                              f"{x509.key_file!r}: {exc}") from exc
+    return ctx
+
+
+_SHARED: dict[tuple[str | None, str | None], ssl.SSLContext] = {}
+_SHARED_MAX = 16
+
+
+def shared_client_context(*, server_verification_cert: str | None = None,
+                          cipher: str | list[str] | None = None) -> ssl.SSLContext:
+    """``make_client_context()`` without a client certificate, made once per
+    (trust anchors, ciphers) and shared: thousands of clients in one process
+    then hold one context (about 17 KB and a parsed CA bundle each otherwise).
+    A context with a client certificate is never shared (the files may be
+    replaced between connections)."""
+    key = (server_verification_cert, None if cipher is None else _cipher_string(cipher))
+    ctx = _SHARED.get(key)
+    if ctx is None:
+        ctx = make_client_context(server_verification_cert=server_verification_cert,
+                                  cipher=cipher)
+        if len(_SHARED) >= _SHARED_MAX:
+            _SHARED.pop(next(iter(_SHARED)))
+        _SHARED[key] = ctx
     return ctx
 
 
