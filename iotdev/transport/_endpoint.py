@@ -23,6 +23,9 @@ __all__ = ["Endpoint", "map_connect_error"]
 
 TransportName = Literal["tcp", "tls", "websockets"]
 
+WS_TLS_RECORD = 4096
+"""Largest TLS record under WebSocket (see ``TLSLayer``'s ``max_record``)."""
+
 
 @dataclass
 class Endpoint:
@@ -89,7 +92,9 @@ class Endpoint:
             from ._tls import TLSLayer
 
             assert self.tls_context is not None
-            layers.append(TLSLayer(self.tls_context, self.server_hostname or self.host))
+            layers.append(TLSLayer(self.tls_context, self.server_hostname or self.host,
+                                   max_record=WS_TLS_RECORD if self.transport == "websockets"
+                                   else None))
         if self.transport == "websockets":
             from ._ws import WebSocketLayer
 

@@ -103,8 +103,14 @@ class TLSLayer(Layer):
     """TLS client (or server, with ``server_side=True``) over memory buffers."""
 
     def __init__(
-        self, context: ssl.SSLContext, server_hostname: str | None, *, server_side: bool = False
+        self, context: ssl.SSLContext, server_hostname: str | None, *, server_side: bool = False,
+        max_record: int | None = None,
     ) -> None:
+        # max_record: write at most this many plaintext bytes per TLS record.
+        # Used under WebSocket: libwebsockets (mosquitto's WebSocket listener)
+        # reads in small slices and can leave the tail of a 16 KB record inside
+        # OpenSSL where its poll loop does not see it, stalling ~100 ms per burst.
+        self._max_record = max_record
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._ssl = context.wrap_bio(
@@ -178,7 +184,13 @@ class TLSLayer(Layer):
 
     def send(self, data: bytes) -> None:
         try:
-            self._ssl.write(data)
+            step = self._max_record
+            if step is None or len(data) <= step:
+                self._ssl.write(data)
+            else:
+                view = memoryview(data)
+                for start in range(0, len(data), step):
+                    self._ssl.write(view[start:start + step])
         except ssl.SSLError as exc:
             raise ConnectionDroppedError(f"TLS error sending to {self._host}: {exc}") from exc
 
