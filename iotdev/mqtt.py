@@ -110,7 +110,8 @@ class MQTTClient:
         proxy_options: ``ProxyOptions`` for an HTTP CONNECT or SOCKS proxy.
         connect_timeout: seconds for TCP connect, handshakes and CONNACK.
         reconnect: reconnect after a drop (back-off from ``retry_interval``).
-        max_inflight: QoS 1/2 publishes in flight before they queue.
+        max_inflight: QoS 1/2 publishes in flight before they queue (20, the
+            in-flight quota of a default mosquitto).
         on_message: called with every ``MessageReceived`` no subscription
             callback took.
         on_connection_state_change: called with ``(connected, reason)``.
@@ -140,7 +141,10 @@ class MQTTClient:
         connect_timeout: float = 30.0,
         reconnect: bool = True,
         retry_interval: float = 10.0,
-        max_inflight: int = 100,
+        # 20, as mosquitto's max_inflight_messages and paho's default: mosquitto
+        # acknowledges (PUBREC, PUBCOMP) a 3.1.1 client's QoS 2 publishes beyond
+        # its quota and then drops them, so a larger window loses bursts.
+        max_inflight: int = 20,
         max_queued: int = 10_000,
         on_message: MessageHandler | None = None,
         on_connection_state_change: Callable[[bool, str | None], None] | None = None,

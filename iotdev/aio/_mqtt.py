@@ -60,7 +60,10 @@ class MQTTClient:
         connect_timeout: float = 30.0,
         reconnect: bool = True,
         retry_interval: float = 10.0,
-        max_inflight: int = 100,
+        # 20, as mosquitto's max_inflight_messages and paho's default: mosquitto
+        # acknowledges (PUBREC, PUBCOMP) a 3.1.1 client's QoS 2 publishes beyond
+        # its quota and then drops them, so a larger window loses bursts.
+        max_inflight: int = 20,
         max_queued: int = 10_000,
         on_message: Handler | None = None,
         on_connection_state_change: Callable[[bool, str | None], Any] | None = None,

@@ -62,17 +62,25 @@ class ConnectOptions:
 
 @dataclass
 class ReconnectPolicy:
-    """Reconnect after a drop: ``interval`` seconds, doubling per failed attempt
-    up to ``max_interval``, with jitter (each wait is drawn from 50-100 % of
-    the nominal one).  ``enabled=False`` reports the drop and stops."""
+    """Reconnect after a drop: the first attempt at once (within
+    ``first_window`` seconds or a quarter of ``interval``, whichever is less,
+    drawn at random so that a fleet cut off together does not return in one
+    burst), then ``interval`` seconds, doubling per
+    failed attempt up to ``max_interval``, with jitter (each wait drawn from
+    50-100 % of the nominal one).  ``enabled=False`` reports the drop and stops."""
 
     enabled: bool = True
     interval: float = 10.0
     max_interval: float = 120.0
     jitter: bool = True
+    first_window: float = 1.0
 
     def delay(self, attempt: int, rng: random.Random) -> float:
-        nominal = min(self.max_interval, self.interval * (2 ** max(0, attempt - 1)))
+        """Seconds to wait before reconnection attempt ``attempt`` (1 = the first)."""
+        if attempt <= 1:
+            window = min(self.first_window, self.interval / 4)
+            return float(rng.uniform(0.0, window)) if self.jitter else 0.0
+        nominal = min(self.max_interval, self.interval * (2 ** (attempt - 2)))
         return float(nominal * rng.uniform(0.5, 1.0)) if self.jitter else float(nominal)
 
 
