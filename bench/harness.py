@@ -940,7 +940,7 @@ def readme_block(results: Sequence[FigureResult], data: dict[str, Any],
         f"Results of `make bench` ({seconds / 60:.1f} min) on {date}: "
         f"{_machine_line(data)}{busy}  `make bench` also writes `bench-results.md` (what "
         f"each figure measures, every figure's samples and notes) and `bench-results.json` "
-        f"(the raw samples); both are git-ignored, the chart is not.",
+        f"(the raw samples); the repository carries the latest of all three.",
         "",
     ]
     if chart:
