@@ -5,24 +5,33 @@ Examples (from the repository root)::
     python -m fuzz --seconds 20                    # what `make test` runs
     python -m fuzz --seconds 600 --seed 7 --target reader-server
     python -m fuzz --engine stdlib --verbose       # force the stdlib engine, show new outcomes
+    python -m fuzz --campaign 600                  # atheris, 600 s a target, corpus merged
+    python -m fuzz --merge-corpus                  # merge the seeds into fuzz/corpus/
     python -m fuzz --reproduce fuzz/crashes/*.hex  # exit 1 if any still breaks
     python -m fuzz --list
 
+``--seconds`` is the total, split between the targets; with atheris each
+target runs in a child process (see ``campaign.py``).  ``--campaign N`` gives
+every target N seconds of atheris, goes on after a breach, merges the inputs
+libFuzzer found into ``fuzz/corpus/<target>/`` (``store.py``) and prints the
+figures as a Markdown table.
+
 Exit status: 0 when no invariant broke, 1 on the first breach (after writing
-``fuzz/crashes/<target>-<sha1>.hex``), 2 on a usage error.
+``fuzz/crashes/<target>-<sha1>.hex``; a campaign: after all targets), 2 on a
+usage error.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from . import engine
-from .registry import load_targets
+from .registry import Target, load_targets
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore", action="append", default=[], metavar="TAG",
                    help="count breaches tagged [TAG] as outcomes instead of stopping "
                         "(for known, reported bugs; repeatable)")
+    p.add_argument("--campaign", type=float, metavar="SECONDS",
+                   help="atheris for SECONDS a target, one after another; merge the new "
+                        "inputs into fuzz/corpus/ and print a table of the figures")
+    p.add_argument("--merge-corpus", action="store_true",
+                   help="merge the targets' seeds into fuzz/corpus/ (minimized) and exit")
+    p.add_argument("--keep-corpus", type=Path, help=argparse.SUPPRESS)  # atheris child
+    p.add_argument("--stats-json", type=Path, help=argparse.SUPPRESS)  # atheris child
     p.add_argument("--list", action="store_true", help="list the targets and exit")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="print each new outcome class, and the outcome table at the end")
@@ -74,22 +90,52 @@ def _reproduce(paths: list[Path], names: list[str] | None) -> int:
     return status
 
 
-def _atheris_children(names: list[str], args: argparse.Namespace, seed: int, start: float) -> int:
-    """One process per target: atheris ends the process when it is done."""
+def _atheris_children(names: list[str], args: argparse.Namespace, seed: int, start: float,
+                      targets: dict[str, Target]) -> int:
+    """One child process per target, the time left split between those to come."""
+    from .campaign import run_child
+
     for index, name in enumerate(names):
         left = args.seconds - (time.monotonic() - start)
-        budget = max(0.5, left / (len(names) - index))
-        cmd = [
-            sys.executable, "-m", "fuzz", "--engine", "atheris", "--target", name,
-            "--seconds", f"{budget:.2f}", "--seed", str(seed), "--max-len", str(args.max_len),
-        ]
-        if args.verbose:
-            cmd.append("--verbose")
-        for tag in args.ignore:
-            cmd += ["--ignore", tag]
-        status = subprocess.run(cmd, cwd=ROOT, check=False).returncode
-        if status:
+        # A child needs about a second to start: leave that out of its budget.
+        budget = max(0.5, left / (len(names) - index) - 1.0)
+        result = run_child(targets[name], budget, seed, max_len=args.max_len,
+                           ignore=args.ignore, verbose=args.verbose)
+        print(result.summary(), flush=True)
+        if result.status:
             return 1
+    return 0
+
+
+def _campaign(names: list[str], args: argparse.Namespace, seed: int,
+              targets: dict[str, Target]) -> int:
+    """Every target for ``args.campaign`` seconds; new inputs merged into the corpus."""
+    from . import store
+    from .campaign import markdown_table, run_child
+
+    results = []
+    for name in names:
+        target = targets[name]
+        with tempfile.TemporaryDirectory(prefix=f"fuzz-new-{name}-") as tmp:
+            result = run_child(target, args.campaign, seed, max_len=args.max_len,
+                               ignore=args.ignore, verbose=args.verbose, keep_corpus=Path(tmp))
+            print(result.summary(), flush=True)
+            found = [p.read_bytes() for p in Path(tmp).iterdir()]
+            # The seeds compete too (seed 0: the same generated ones every time).
+            result.merged = store.merge(target, engine.target_seeds(target, 0) + found)
+            print("  " + result.merged.summary(), flush=True)
+        results.append(result)
+    print()
+    print(markdown_table(results, args.campaign))
+    return 1 if any(r.status for r in results) else 0
+
+
+def _merge_seeds(names: list[str], targets: dict[str, Target]) -> int:
+    from . import store
+
+    for name in names:
+        seeds = engine.target_seeds(targets[name], 0)
+        print(store.merge(targets[name], seeds).summary(), flush=True)
     return 0
 
 
@@ -108,9 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     if use_atheris and not engine.atheris_available():
         print("atheris is not installed (pip install atheris)", file=sys.stderr)
         return 2
-    if use_atheris and args.target and len(args.target) == 1 and not args.list:
-        # Instrument the codec before anything imports it, then fuzz in-process.
-        atheris = engine.instrument_codec()
+    in_child = args.campaign is None and not args.merge_corpus and not args.list
+    if use_atheris and args.target and len(args.target) == 1 and in_child:
         targets = load_targets()
         if args.target[0] not in targets:
             print(f"unknown target {args.target[0]!r}; known: {', '.join(targets)}",
@@ -118,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         left = args.seconds - (time.monotonic() - start)
         engine.run_atheris(targets[args.target[0]], max(0.5, left), seed,
-                           max_len=args.max_len, ignore=args.ignore, atheris=atheris)
+                           max_len=args.max_len, ignore=args.ignore,
+                           keep_corpus=args.keep_corpus, stats_json=args.stats_json)
         return 1  # not reached: run_atheris ends the process
     targets = load_targets()
     if args.list:
@@ -131,10 +177,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown target(s) {', '.join(unknown)}; known: {', '.join(targets)}",
               file=sys.stderr)
         return 2
+    if args.merge_corpus:
+        return _merge_seeds(names, targets)
+    if args.campaign is not None:
+        if args.campaign <= 0 or not engine.atheris_available():
+            print("--campaign needs a positive time and atheris (pip install atheris)",
+                  file=sys.stderr)
+            return 2
+        print(f"fuzz campaign: {len(names)} target(s), {args.campaign:g} s each, engine "
+              f"atheris, seed {seed}", flush=True)
+        return _campaign(names, args, seed, targets)
     print(f"fuzz: {len(names)} target(s), {args.seconds:g} s, "
           f"engine {'atheris' if use_atheris else 'stdlib'}, seed {seed}", flush=True)
     if use_atheris:
-        return _atheris_children(names, args, seed, start)
+        return _atheris_children(names, args, seed, start, targets)
     for index, name in enumerate(names):
         left = args.seconds - (time.monotonic() - start)
         budget = max(0.1, left / (len(names) - index))

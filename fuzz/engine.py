@@ -3,23 +3,30 @@
 * ``run_stdlib``: a mutation fuzzer on ``random.Random``.  The corpus starts as
   the seed inputs; a mutant that produces an outcome label not seen before
   joins it, so the search spreads over packet types and error rules.
-* ``run_atheris``: coverage-guided libFuzzer through atheris, when installed;
-  ``iotdev_mqtt`` is instrumented as it is imported (so the caller must not
-  have imported it yet).  It runs one target per process.
+* ``run_atheris``: coverage-guided libFuzzer through atheris, when installed.
+  ``instrument_modules`` instruments the functions of the target's
+  ``instrument`` modules in place (after import, before fuzzing).  It runs one
+  target per process: libFuzzer ends the process.  ``campaign.py`` starts
+  those processes and reads libFuzzer's figures from their stderr.
+
+Both start from the target's seeds and its checked-in corpus
+(``fuzz/corpus/<target>/``, see ``store.py``).
 
 Either way the first invariant breach ends the run: the input is written as hex
 to ``fuzz/crashes/<target>-<sha1>.hex`` (and a shrunk copy, when shrinking
 finds a shorter input failing the same way), the input and the traceback are
 printed, and the exit status is 1.  ``reproduce`` replays a crash file.
 
-Nothing here imports ``iotdev_mqtt`` at module level.
+Nothing here imports the code under test at module level.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import importlib
 import importlib.util
+import json
 import os
 import random
 import shutil
@@ -28,11 +35,13 @@ import tempfile
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FunctionType
 from typing import Any
 
+from . import store
 from .registry import Target, TargetFn
 
 __all__ = [
@@ -41,6 +50,7 @@ __all__ = [
     "Stats",
     "atheris_available",
     "ignoring",
+    "instrument_modules",
     "minimize",
     "read_crash",
     "reproduce",
@@ -228,6 +238,19 @@ def ignoring(fn: TargetFn, tags: Sequence[str]) -> TargetFn:
     return wrapped
 
 
+def target_seeds(target: Target, seed: int) -> list[bytes]:
+    """The generated seeds of ``target``: the shared MQTT corpus (unless
+    ``shared_seeds=False``) and its own, deduplicated, in a stable order."""
+    seeds: list[bytes] = []
+    if target.shared_seeds:
+        from .corpus import seed_corpus
+
+        seeds = seed_corpus(random.Random(seed))
+    if target.seeds is not None:
+        seeds += list(target.seeds())
+    return list(dict.fromkeys(seeds))
+
+
 def run_stdlib(
     target: Target,
     seconds: float,
@@ -238,16 +261,14 @@ def run_stdlib(
     ignore: Sequence[str] = (),
 ) -> Stats:
     """Fuzz ``target`` for ``seconds`` with the stdlib mutator (stops at the first breach)."""
-    from .corpus import seed_corpus
     from .mutator import Mutator
 
     start = time.monotonic()
     deadline = start + seconds
     rng = random.Random(seed)
     stats = Stats(target.name, "stdlib", seed)
-    seeds = seed_corpus(random.Random(seed))
-    if target.seeds is not None:
-        seeds += [s for s in target.seeds() if s not in seeds]
+    seeds = target_seeds(target, seed) + store.load(target)
+    seeds = list(dict.fromkeys(seeds))
     stats.seeds = len(seeds)
     corpus: list[bytes] = []
     found: list[bytes] = []  # inputs that showed a new outcome
@@ -270,7 +291,7 @@ def run_stdlib(
             return finish()
         outcomes[label] += 1
         corpus.append(data)
-    mutator = Mutator(rng, max_len)
+    mutator = Mutator(rng, max_len, target.tokens)
     mutate = mutator.mutate
     choice = rng.choice
     random_ = rng.random
@@ -299,14 +320,37 @@ def run_stdlib(
 # --------------------------------------------------------------------------- atheris
 
 
-def instrument_codec() -> Any:
-    """Import atheris, then ``iotdev_mqtt`` under its instrumentation; return atheris."""
-    atheris: Any = importlib.import_module("atheris")
-    if "iotdev_mqtt" in sys.modules:
-        raise RuntimeError("iotdev_mqtt was imported before atheris could instrument it")
-    with atheris.instrument_imports(include=["iotdev_mqtt"]):
-        importlib.import_module("iotdev_mqtt")
-    return atheris
+def instrument_modules(atheris: Any, names: Sequence[str]) -> int:
+    """Instrument, in place, every function of the modules ``names`` (a package:
+    with its loaded submodules); returns how many.
+
+    ``atheris.instrument_func`` rewrites a function's ``__code__``, nested code
+    objects included, so references taken at import time see the instrumented
+    code and closures made from now on are instrumented too.  Closures made
+    *at import time* (decoder tables built by factories) are function objects
+    of their own: they are found with ``gc.get_objects()``.  This costs a
+    fraction of ``instrument_imports`` on whole packages (``iotdev`` imports
+    its clients, transports and emulator) and keeps libFuzzer's coverage on the
+    code the target is about.
+    """
+    for name in names:
+        importlib.import_module(name)
+    prefixes = tuple(f"{name}." for name in names)
+    count = 0
+    for obj in gc.get_objects():
+        if isinstance(obj, FunctionType):
+            module = obj.__module__
+            if isinstance(module, str) and (module in names or module.startswith(prefixes)):
+                atheris.instrument_func(obj)
+                count += 1
+    return count
+
+
+def _dict_entry(token: bytes) -> str:
+    """One libFuzzer dictionary line: the token quoted, other bytes as ``\\xNN``."""
+    return '"' + "".join(
+        chr(b) if 0x20 <= b < 0x7F and b not in (0x22, 0x5C) else f"\\x{b:02X}" for b in token
+    ) + '"'
 
 
 def run_atheris(
@@ -316,38 +360,52 @@ def run_atheris(
     *,
     max_len: int = 4096,
     ignore: Sequence[str] = (),
-    atheris: Any = None,
-    report: Callable[[Stats], None] = lambda s: print(s.summary()),
+    keep_corpus: Path | None = None,
+    stats_json: Path | None = None,
 ) -> None:
     """Fuzz ``target`` with atheris for ``seconds``, then end the process.
 
-    Never returns: prints the summary (``report``) and exits 0 at the deadline,
-    or records the breach and exits 1.  ``atheris`` is the module returned by
-    ``instrument_codec()``, called first when ``None``.
+    Never returns: exits 0 at the deadline, or records the breach and exits 1,
+    after printing the summary, or writing it as JSON to ``stats_json``
+    (``execs``, ``seconds``, ``outcomes``, ``seeds``, ``new``, ``breach``).  The
+    inputs libFuzzer added to its corpus are copied to ``keep_corpus`` (for
+    ``store.merge``) when given.  Call it before anything else of the target
+    runs: the target's ``instrument`` modules are instrumented here.
     """
-    if atheris is None:
-        atheris = instrument_codec()
-    from .corpus import seed_corpus
-
+    atheris: Any = importlib.import_module("atheris")
+    instrument_modules(atheris, target.instrument)
     start = time.monotonic()
     deadline = start + seconds
     stats = Stats(target.name, "atheris", seed)
-    seeds = seed_corpus(random.Random(seed))
-    if target.seeds is not None:
-        seeds += [s for s in target.seeds() if s not in seeds]
-    stats.seeds = len(seeds)
+    seeds = target_seeds(target, seed)
+    stats.seeds = len(seeds) + len(store.load(target))
     fn = ignoring(target.fn, ignore)
     workdir = Path(tempfile.mkdtemp(prefix=f"fuzz-{target.name}-"))
     corpus_dir = workdir / "corpus"
     corpus_dir.mkdir()
+    seeded = set()
     for data in seeds:
+        seeded.add(hashlib.sha1(data).hexdigest())
         (corpus_dir / hashlib.sha1(data).hexdigest()).write_bytes(data)
     outcomes = stats.outcomes
 
     def end(status: int) -> None:
         stats.seconds = time.monotonic() - start
-        stats.corpus = len(os.listdir(corpus_dir))
-        report(stats)
+        new = [p for p in corpus_dir.iterdir() if p.name not in seeded]
+        stats.corpus = len(new)
+        if keep_corpus is not None:
+            keep_corpus.mkdir(parents=True, exist_ok=True)
+            for path in new:
+                shutil.copyfile(path, keep_corpus / path.name)
+        if stats_json is not None:
+            stats_json.write_text(json.dumps({
+                "execs": stats.execs, "seconds": stats.seconds, "outcomes": len(outcomes),
+                "seeds": stats.seeds, "new": len(new),
+                "breach": None if stats.breach is None else str(
+                    stats.breach.small_path or stats.breach.path),
+            }), encoding="utf-8")
+        else:
+            print(stats.summary())
         sys.stdout.flush()
         sys.stderr.flush()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -373,8 +431,16 @@ def run_atheris(
         "-timeout=20",
         "-print_final_stats=0",
         f"-artifact_prefix={workdir}/",
-        str(corpus_dir),
     ]
+    if target.tokens:
+        dict_path = workdir / "tokens.dict"
+        dict_path.write_text("\n".join(_dict_entry(t) for t in target.tokens) + "\n",
+                             encoding="ascii")
+        argv.append(f"-dict={dict_path}")
+    argv.append(str(corpus_dir))
+    checked_in = store.corpus_dir(target)
+    if checked_in.is_dir():
+        argv.append(str(checked_in))  # read only: libFuzzer writes to the first directory
     atheris.Setup(argv, test_one_input)
     atheris.Fuzz()
     end(0)

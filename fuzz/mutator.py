@@ -43,11 +43,15 @@ class Mutator:
     Args:
         rng: the only source of randomness (seed it for a repeatable run).
         max_len: inputs are cut to this many bytes.
+        tokens: dictionary words of the target (``Target.tokens``), inserted or
+            written over as often as the MQTT ones.
     """
 
-    def __init__(self, rng: random.Random, max_len: int = 4096) -> None:
+    def __init__(self, rng: random.Random, max_len: int = 4096,
+                 tokens: Sequence[bytes] = ()) -> None:
         self.rng = rng
         self.max_len = max_len
+        self.tokens = (*_TOKENS, *tokens) if tokens else _TOKENS
         weighted: list[tuple[Op, int]] = [
             (self._flip_bit, 6),
             (self._set_byte, 6),
@@ -180,7 +184,7 @@ class Mutator:
 
     def _token(self, d: bytearray, corpus: Sequence[bytes]) -> bytearray:
         rng = self.rng
-        token = rng.choice(_TOKENS)
+        token = rng.choice(self.tokens)
         at = self._gap(d)
         if rng.random() < 0.5 or not d:
             d[at:at] = token

@@ -44,9 +44,20 @@ with a ``check()`` adds invariants that hold after every call (see
 ``targets._Reader``, which bounds ``PacketReader.buffered``).
 
 ``register`` takes an optional ``seeds`` callable returning extra seed inputs
-for that target (e.g. streams that start with a CONNACK); every target also gets
-the shared corpus of ``corpus.py``.  The CLI lists targets with ``--list`` and
-runs one with ``--target NAME``.
+for that target (e.g. streams that start with a CONNACK); a target also gets
+the shared MQTT corpus of ``corpus.py`` unless ``shared_seeds=False`` (targets
+whose input is text, not MQTT bytes), and the checked-in inputs of
+``fuzz/corpus/<name>/`` (see ``store.py``).  Two more options serve the
+engines:
+
+* ``instrument``: the modules (or packages: every loaded submodule) whose
+  functions the atheris engine instruments for coverage, e.g.
+  ``("iotdev._auth",)``; default ``("iotdev_mqtt",)``;
+* ``tokens``: dictionary words for the mutators (``"HostName="``,
+  ``b"Content-Length: "``): the stdlib mutator inserts them, atheris passes them
+  to libFuzzer as ``-dict``.
+
+The CLI lists targets with ``--list`` and runs one with ``--target NAME``.
 """
 
 from __future__ import annotations
@@ -62,7 +73,14 @@ TargetFn = Callable[[bytes], str]
 SeedFn = Callable[[], Iterable[bytes]]
 
 # Modules whose import registers targets; add yours here.
-TARGET_MODULES: tuple[str, ...] = ("fuzz.targets", "fuzz.engine_targets")
+TARGET_MODULES: tuple[str, ...] = (
+    "fuzz.targets",
+    "fuzz.engine_targets",
+    "fuzz.topic_targets",
+    "fuzz.hub_targets",
+    "fuzz.auth_targets",
+    "fuzz.http_targets",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,21 +92,33 @@ class Target:
         fn: the function under fuzz (see the module docstring).
         description: one line for ``--list``.
         seeds: extra seed inputs for this target, or ``None``.
+        shared_seeds: whether the shared MQTT corpus of ``corpus.py`` seeds it too.
+        instrument: modules or packages atheris instruments for this target.
+        tokens: dictionary words for the mutators.
     """
 
     name: str
     fn: TargetFn
     description: str = ""
     seeds: SeedFn | None = None
+    shared_seeds: bool = True
+    instrument: tuple[str, ...] = ("iotdev_mqtt",)
+    tokens: tuple[bytes, ...] = ()
 
 
 TARGETS: dict[str, Target] = {}
 
 
 def register(
-    name: str, description: str = "", *, seeds: SeedFn | None = None
+    name: str,
+    description: str = "",
+    *,
+    seeds: SeedFn | None = None,
+    shared_seeds: bool = True,
+    instrument: tuple[str, ...] = ("iotdev_mqtt",),
+    tokens: Iterable[bytes | str] = (),
 ) -> Callable[[TargetFn], TargetFn]:
-    """Decorator: register ``fn`` as the target ``name``.
+    """Decorator: register ``fn`` as the target ``name`` (options: see ``Target``).
 
     Raises:
         ValueError: ``name`` is already registered or is not a simple name.
@@ -99,7 +129,8 @@ def register(
     def deco(fn: TargetFn) -> TargetFn:
         if name in TARGETS:
             raise ValueError(f"fuzz target {name!r} is registered twice")
-        TARGETS[name] = Target(name, fn, description, seeds)
+        words = tuple(t.encode("utf-8") if isinstance(t, str) else bytes(t) for t in tokens)
+        TARGETS[name] = Target(name, fn, description, seeds, shared_seeds, instrument, words)
         return fn
 
     return deco

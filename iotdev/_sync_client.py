@@ -574,7 +574,8 @@ class IoTHubDeviceClient:
     def _on_message(self, message: MessageReceived) -> None:
         try:
             parsed = parse_incoming(self._config, message)
-        except ValueError as exc:  # a method request whose body is not JSON, ...
+        except (ValueError, RecursionError) as exc:  # a body that is not JSON, or nested
+            # deeper than json can parse (a hostile hub)
             self._background(exc)
             return
         if parsed.kind == "c2d":

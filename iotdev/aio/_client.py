@@ -508,7 +508,7 @@ class IoTHubDeviceClient:
             return
         try:
             parsed = parse_incoming(self._config, message)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # not JSON, or nested too deep
             self._background(exc)
             return
         if parsed.kind == "c2d":
