@@ -3,9 +3,10 @@
 Theory of operation
 -------------------
 Everything the hub remembers lives in one ``Store``.  Durable state (devices,
-their twins and their pending cloud-to-device messages) is an immutable
-snapshot, ``_State``: three dicts keyed by device id whose values are frozen
-dataclasses (or tuples of them).  A change never edits the snapshot; it builds
+their modules, the twins of both and the devices' pending cloud-to-device
+messages) is an immutable snapshot, ``_persist.State``: dicts keyed by
+identity whose values are frozen dataclasses (``_records.py``) or tuples of
+them.  A change never edits the snapshot; it builds
 a new one (copying the top-level dicts and replacing the entries it touches),
 writes it to ``state.json`` when the store has a directory, and only then makes
 it current.  If the write fails (disk full, a crash in ``os.replace``) the
@@ -27,6 +28,9 @@ The store does no I/O besides ``state.json`` and takes time as an argument
 every call, because the hub's service API and its event loop run on different
 threads; nothing blocking happens under it except the state-file write.
 
+The records and their limits are ``_records.py``, the twin-document rules
+``_twins.py``, the state file ``_persist.py``; this module is the store.
+
 Limits follow IoT Hub (reference sections 5, 7.4 and 12); exceeding one raises
 a typed error: ``ValueError`` for bad arguments, ``TwinError`` (with the HTTP
 status the service answers) for twin documents, ``QueueFullError`` for a full
@@ -35,482 +39,65 @@ C2D queue, ``DeviceNotFoundError`` for an unknown device.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import collections
-import contextlib
 import copy
 import dataclasses
-import datetime
-import json
-import math
-import os
-import re
-import secrets
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._persist import STATE_FILE, State, dump_state, load_state, write_file_atomically
+from ._records import (
+    _MESSAGE_ID_RE,
+    C2D_ACK_VALUES,
+    C2D_DEFAULT_TTL,
+    C2D_MAX_BODY,
+    C2D_MAX_PENDING,
+    C2D_MAX_TTL,
+    MESSAGE_ID_MAX,
+    TELEMETRY_DEFAULT_LIMIT,
+    TWIN_MAX_SECTION_SIZE,
+    TWIN_MAX_TAGS_SIZE,
+    C2DMessage,
+    Device,
+    DeviceNotFoundError,
+    Module,
+    QueueFullError,
+    TelemetryMessage,
+    Twin,
+    TwinError,
+    UnknownModuleError,
+    copy_message,
+    identity_key,
+    iso_time,
+    new_key,
+    normalise_thumbprints,
+    validate_device_id,
+    validate_key,
+    validate_module_id,
+)
+from ._twins import check_document, check_size, merge, twin_section_size
+
 __all__ = [
+    "C2D_MAX_BODY",
+    "STATE_FILE",
     "C2DMessage",
     "Device",
     "DeviceNotFoundError",
+    "Module",
     "QueueFullError",
     "Store",
     "TelemetryMessage",
     "Twin",
     "TwinError",
+    "UnknownModuleError",
     "twin_section_size",
     "validate_device_id",
     "write_file_atomically",
 ]
-
-# ------------------------------------------------------------------ limits
-
-DEVICE_ID_MAX = 128
-C2D_MAX_PENDING = 50
-C2D_MAX_BODY = 64 * 1024
-C2D_DEFAULT_TTL = 3600.0
-C2D_MAX_TTL = 2 * 24 * 3600.0
-C2D_ACK_VALUES = frozenset({"none", "positive", "negative", "full"})
-MESSAGE_ID_MAX = 128
-TELEMETRY_DEFAULT_LIMIT = 10_000
-
-TWIN_MAX_SECTION_SIZE = 32 * 1024
-TWIN_MAX_TAGS_SIZE = 8 * 1024
-TWIN_MAX_DEPTH = 10
-TWIN_MAX_KEY_BYTES = 1024
-TWIN_MAX_STRING_BYTES = 4 * 1024
-TWIN_INT_MIN = -4503599627370496
-TWIN_INT_MAX = 4503599627370495
-
-SYMMETRIC_KEY_MIN_BYTES = 16
-SYMMETRIC_KEY_MAX_BYTES = 64
-
-STATE_FILE = "state.json"
-_STATE_FORMAT = "iotdev-emulator-state"
-_STATE_VERSION = 1
-
-_DEVICE_ID_RE = re.compile(r"[A-Za-z0-9\-.%_*?!(),:=@$']{1,128}")
-_MESSAGE_ID_RE = re.compile(r"[A-Za-z0-9\-:.+%_#*?!(),=@;$']{1,128}")
-_THUMBPRINT_RE = re.compile(r"[0-9A-F]{40}|[0-9A-F]{64}")
-
-
-# ------------------------------------------------------------------ errors
-
-
-class TwinError(Exception):
-    """A twin update the service would refuse.
-
-    Attributes:
-        status: the HTTP-style status IoT Hub answers: 400 for a malformed
-            document or a broken per-value limit, 413 when the resulting section
-            would be over its size limit.
-        message: what is wrong, naming the section and the property path.
-    """
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-class QueueFullError(Exception):
-    """The device's cloud-to-device queue already holds its maximum of messages."""
-
-    def __init__(self, device_id: str, limit: int) -> None:
-        super().__init__(
-            f"the cloud-to-device queue of {device_id!r} is full ({limit} pending messages)"
-        )
-        self.device_id = device_id
-        self.limit = limit
-
-
-class DeviceNotFoundError(LookupError):
-    """No device with this id is registered."""
-
-    def __init__(self, device_id: str) -> None:
-        super().__init__(f"no device {device_id!r} in the registry")
-        self.device_id = device_id
-
-
-# ------------------------------------------------------------------ records
-
-
-@dataclass(frozen=True, slots=True)
-class Device:
-    """A device identity in the registry.
-
-    ``primary_key``/``secondary_key`` are base64 symmetric keys (both ``None``
-    for an X.509 device); ``x509_thumbprints`` are upper-case hex SHA-1 (40
-    digits) or SHA-256 (64 digits) certificate thumbprints; ``created`` is an
-    ISO 8601 UTC time.
-    """
-
-    device_id: str
-    primary_key: str | None
-    secondary_key: str | None
-    x509_thumbprints: tuple[str, ...]
-    enabled: bool
-    created: str
-
-    def connection_string(self, host_name: str) -> str:
-        """``HostName=...;DeviceId=...;SharedAccessKey=<primary key>``.
-
-        Raises:
-            ValueError: the device authenticates with X.509 and has no key.
-        """
-        if self.primary_key is None:
-            raise ValueError(
-                f"device {self.device_id!r} uses X.509 authentication and has no "
-                "symmetric key for a connection string"
-            )
-        return f"HostName={host_name};DeviceId={self.device_id};SharedAccessKey={self.primary_key}"
-
-
-@dataclass(frozen=True, slots=True)
-class Twin:
-    """A device twin: desired and reported properties with their versions, and tags.
-
-    The dicts hold no ``$version``/``$metadata``; each section's version starts
-    at 1 and grows by one with every accepted update of that section.
-    """
-
-    desired: dict[str, Any] = field(default_factory=dict)
-    desired_version: int = 1
-    reported: dict[str, Any] = field(default_factory=dict)
-    reported_version: int = 1
-    tags: dict[str, Any] = field(default_factory=dict)
-
-    def properties_document(self) -> dict[str, Any]:
-        """What a device's twin GET returns (reference 7.2).
-
-        Returns:
-            ``{"desired": {..., "$version": n}, "reported": {..., "$version": m}}``
-            as fresh dicts (no tags, no ``$metadata``).
-        """
-        return {
-            "desired": {**copy.deepcopy(self.desired), "$version": self.desired_version},
-            "reported": {**copy.deepcopy(self.reported), "$version": self.reported_version},
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class C2DMessage:
-    """A cloud-to-device message waiting in a device's queue.
-
-    ``expiry`` and ``enqueued`` are epoch seconds; ``lock_token`` identifies
-    the message for completion; ``delivery_count`` counts deliveries so far;
-    ``ack`` is the requested feedback (``none``/``positive``/``negative``/``full``).
-    """
-
-    body: bytes
-    message_id: str
-    correlation_id: str | None
-    properties: dict[str, str]
-    expiry: float
-    enqueued: float
-    lock_token: str
-    delivery_count: int = 0
-    ack: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TelemetryMessage:
-    """A device-to-cloud message as the hub received it.
-
-    ``system_properties`` are the ``$.``-keys of the property bag, ``properties``
-    the application properties (a value is ``None`` for a bare key);
-    ``enqueued`` is epoch seconds.
-    """
-
-    device_id: str
-    module_id: str | None
-    body: bytes
-    system_properties: dict[str, str]
-    properties: dict[str, str | None]
-    enqueued: float
-
-
-@dataclass(frozen=True, slots=True)
-class _State:
-    """One immutable snapshot of the durable state (see the module docstring)."""
-
-    devices: dict[str, Device]
-    twins: dict[str, Twin]
-    c2d: dict[str, tuple[C2DMessage, ...]]
-
-
-# ------------------------------------------------------------------ validation
-
-
-def validate_device_id(device_id: str) -> None:
-    """Check a device id as IoT Hub does.
-
-    Raises:
-        ValueError: not 1..128 ASCII letters, digits or ``-.%_*?!(),:=@$'``.
-    """
-    if not isinstance(device_id, str) or not _DEVICE_ID_RE.fullmatch(device_id):
-        raise ValueError(
-            f"invalid device id {device_id!r}: use 1 to {DEVICE_ID_MAX} ASCII letters, "
-            "digits and -.%_*?!(),:=@$'"
-        )
-
-
-def _validate_key(name: str, key: str) -> None:
-    try:
-        raw = base64.b64decode(key.encode("ascii"), validate=True)
-    except (UnicodeEncodeError, binascii.Error, AttributeError):
-        raise ValueError(f"{name} is not valid base64") from None
-    if not SYMMETRIC_KEY_MIN_BYTES <= len(raw) <= SYMMETRIC_KEY_MAX_BYTES:
-        raise ValueError(
-            f"{name} decodes to {len(raw)} bytes; IoT Hub needs "
-            f"{SYMMETRIC_KEY_MIN_BYTES} to {SYMMETRIC_KEY_MAX_BYTES}"
-        )
-
-
-def _normalise_thumbprints(values: Iterable[str]) -> tuple[str, ...]:
-    result: list[str] = []
-    for value in values:
-        if not isinstance(value, str):
-            raise ValueError(f"thumbprint {value!r} is not a string")
-        upper = value.replace(":", "").strip().upper()
-        if not _THUMBPRINT_RE.fullmatch(upper):
-            raise ValueError(
-                f"thumbprint {value!r} is not 40 (SHA-1) or 64 (SHA-256) hex digits"
-            )
-        if upper not in result:
-            result.append(upper)
-    return tuple(result)
-
-
-def _is_control(char: str) -> bool:
-    """C0 and C1 control characters (and DEL between them), Unicode category Cc."""
-    code = ord(char)
-    return code < 0x20 or 0x7F <= code <= 0x9F
-
-
-def _where(section: str, path: tuple[str, ...]) -> str:
-    return ".".join((section, *path))
-
-
-def _check_key(section: str, path: tuple[str, ...], key: object) -> str:
-    where = _where(section, path)
-    if not isinstance(key, str):
-        raise TwinError(400, f"{where}: key {key!r} is not a string")
-    if not key:
-        raise TwinError(400, f"{where}: empty key")
-    size = len(key.encode("utf-8", "surrogatepass"))
-    if size > TWIN_MAX_KEY_BYTES:
-        raise TwinError(
-            400, f"{where}: key {key[:32]!r}... is {size} bytes, over {TWIN_MAX_KEY_BYTES}"
-        )
-    for char in key:
-        if char in ".$ " or _is_control(char):
-            raise TwinError(
-                400, f"{where}: key {key!r} contains {char!r} (no '.', '$', space or "
-                "control characters)"
-            )
-    return key
-
-
-def _check_value(section: str, path: tuple[str, ...], value: object, depth: int) -> None:
-    """Check ``value`` found at ``path``.
-
-    ``depth`` counts the containers between the section root and ``value``
-    (0 for a root member), so an object or array is allowed up to
-    ``TWIN_MAX_DEPTH`` keys below the root, as in the service's example (ten
-    nested objects, the innermost holding a plain property).
-    """
-    if value is None or isinstance(value, bool):
-        return
-    where = _where(section, path)
-    if isinstance(value, int):
-        if not TWIN_INT_MIN <= value <= TWIN_INT_MAX:
-            raise TwinError(
-                400, f"{where}: integer {value} is outside {TWIN_INT_MIN}..{TWIN_INT_MAX}"
-            )
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise TwinError(400, f"{where}: {value} is not a JSON number")
-    elif isinstance(value, str):
-        size = len(value.encode("utf-8", "surrogatepass"))
-        if size > TWIN_MAX_STRING_BYTES:
-            raise TwinError(
-                400, f"{where}: string of {size} bytes is over {TWIN_MAX_STRING_BYTES}"
-            )
-    elif isinstance(value, dict | list):
-        if depth + 1 > TWIN_MAX_DEPTH:
-            raise TwinError(
-                400, f"{where}: nested deeper than {TWIN_MAX_DEPTH} levels"
-            )
-        if isinstance(value, dict):
-            for key, item in value.items():
-                name = _check_key(section, path, key)
-                _check_value(section, (*path, name), item, depth + 1)
-        else:
-            for index, item in enumerate(value):
-                _check_value(section, (*path, f"[{index}]"), item, depth + 1)
-    else:
-        raise TwinError(400, f"{where}: {type(value).__name__} is not a JSON value")
-
-
-def _check_document(section: str, document: object) -> dict[str, Any]:
-    """Validate a patch (or a whole tags object) against reference 7.4."""
-    if not isinstance(document, dict):
-        raise TwinError(
-            400, f"{section}: the document must be a JSON object, not {type(document).__name__}"
-        )
-    for key, item in document.items():
-        name = _check_key(section, (), key)
-        _check_value(section, (name,), item, 0)
-    return document
-
-
-def _text_size(text: str) -> int:
-    return sum(1 for char in text if not _is_control(char))
-
-
-def twin_section_size(document: Mapping[str, Any]) -> int:
-    """The size IoT Hub charges a twin section against its limit.
-
-    The service's rule ("Understand device twins", twin size): each property
-    adds the length of its key and of its value; strings count their
-    characters except C0/C1 control characters, numbers 8, booleans 4, a
-    nested object the sum over its members.  Arrays (not covered by the rule)
-    count the sum of their elements, and ``null`` inside an array counts 0.
-    ``$version``/``$metadata`` are never part of a stored section.
-    """
-    return sum(_text_size(key) + _value_size(value) for key, value in document.items())
-
-
-def _value_size(value: object) -> int:
-    if isinstance(value, bool):
-        return 4
-    if isinstance(value, int | float):
-        return 8
-    if isinstance(value, str):
-        return _text_size(value)
-    if isinstance(value, dict):
-        return twin_section_size(value)
-    if isinstance(value, list):
-        return sum(_value_size(item) for item in value)
-    return 0
-
-
-def _merge(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
-    """A new dict: ``target`` with ``patch`` merged in (null deletes, objects merge)."""
-    result = dict(target)
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        elif isinstance(value, dict):
-            current = result.get(key)
-            result[key] = _merge(current if isinstance(current, dict) else {}, value)
-        else:
-            result[key] = copy.deepcopy(value)
-    return result
-
-
-def _check_size(section: str, document: Mapping[str, Any], limit: int) -> None:
-    size = twin_section_size(document)
-    if size > limit:
-        raise TwinError(413, f"{section}: the section would be {size} bytes, over {limit}")
-
-
-def _iso_time(now: float) -> str:
-    moment = datetime.datetime.fromtimestamp(now, datetime.UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-# ------------------------------------------------------------------ files
-
-
-def write_file_atomically(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new file.
-
-    Writes a temporary file in the same folder with permissions ``mode``,
-    flushes and fsyncs it, ``os.replace``s it over ``path`` and fsyncs the
-    folder.  On any failure the temporary file is removed and ``path`` is
-    untouched.
-
-    Raises:
-        OSError: the write, the fsync or the rename failed.
-    """
-    directory = path.parent
-    fd, temp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.chmod(temp_name, mode)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp_name)
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # not possible on every platform (Windows)
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _dump_state(state: _State) -> bytes:
-    devices = []
-    for device_id, device in state.devices.items():
-        entry = dataclasses.asdict(device)
-        entry["twin"] = dataclasses.asdict(state.twins[device_id])
-        entry["c2d"] = [
-            {**dataclasses.asdict(m), "body": base64.b64encode(m.body).decode("ascii")}
-            for m in state.c2d.get(device_id, ())
-        ]
-        devices.append(entry)
-    document = {"format": _STATE_FORMAT, "version": _STATE_VERSION, "devices": devices}
-    return json.dumps(document, indent=1, ensure_ascii=False).encode("utf-8")
-
-
-def _load_state(path: Path) -> _State:
-    devices: dict[str, Device] = {}
-    twins: dict[str, Twin] = {}
-    c2d: dict[str, tuple[C2DMessage, ...]] = {}
-    try:
-        document = json.loads(path.read_bytes())
-        if document.get("format") != _STATE_FORMAT or document.get("version") != _STATE_VERSION:
-            raise ValueError(
-                f"format {document.get('format')!r} version {document.get('version')!r}, "
-                f"expected {_STATE_FORMAT!r} version {_STATE_VERSION}"
-            )
-        for entry in document["devices"]:
-            twin = Twin(**entry.pop("twin"))
-            messages = tuple(
-                C2DMessage(**{**raw, "body": base64.b64decode(raw["body"], validate=True)})
-                for raw in entry.pop("c2d")
-            )
-            device = Device(**{**entry, "x509_thumbprints": tuple(entry["x509_thumbprints"])})
-            validate_device_id(device.device_id)
-            devices[device.device_id] = device
-            twins[device.device_id] = twin
-            if messages:
-                c2d[device.device_id] = messages
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"{path}: not a usable emulator state file: {exc}") from exc
-    return _State(devices, twins, c2d)
-
 
 # ------------------------------------------------------------------ the store
 
@@ -542,23 +129,23 @@ class Store:
         self.c2d_queue_limit = c2d_queue_limit
         self.telemetry_limit = telemetry_limit
         self._lock = threading.RLock()
-        self._state = _State({}, {}, {})
+        self._state = State()
         self._telemetry: dict[str, collections.deque[tuple[int, TelemetryMessage]]] = {}
         self._telemetry_seq = 0
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
             if self.path is not None and self.path.exists():
-                self._state = _load_state(self.path)
+                self._state = load_state(self.path)
 
     @property
     def path(self) -> Path | None:
         """The state file, or ``None`` for a memory-only store."""
         return None if self.directory is None else self.directory / STATE_FILE
 
-    def _commit(self, state: _State) -> None:
+    def _commit(self, state: State) -> None:
         """Persist ``state`` (if the store has a directory), then make it current."""
         if self.path is not None:
-            write_file_atomically(self.path, _dump_state(state))
+            write_file_atomically(self.path, dump_state(state))
         self._state = state
 
     def _require(self, device_id: str) -> Device:
@@ -602,7 +189,7 @@ class Store:
         validate_device_id(device_id)
         if isinstance(x509_thumbprints, str):
             raise ValueError("x509_thumbprints is a sequence of thumbprints, not one string")
-        thumbprints = _normalise_thumbprints(x509_thumbprints)
+        thumbprints = normalise_thumbprints(x509_thumbprints)
         if thumbprints and (primary_key is not None or secondary_key is not None):
             raise ValueError(
                 f"device {device_id!r}: give symmetric keys or X.509 thumbprints, not both"
@@ -610,26 +197,26 @@ class Store:
         if not thumbprints:
             for name, key in (("primary_key", primary_key), ("secondary_key", secondary_key)):
                 if key is not None:
-                    _validate_key(name, key)
-            primary_key = primary_key or _new_key()
-            secondary_key = secondary_key or _new_key()
+                    validate_key(name, key)
+            primary_key = primary_key or new_key()
+            secondary_key = secondary_key or new_key()
         device = Device(
             device_id=device_id,
             primary_key=primary_key,
             secondary_key=secondary_key,
             x509_thumbprints=thumbprints,
             enabled=bool(enabled),
-            created=_iso_time(time.time() if now is None else now),
+            created=iso_time(time.time() if now is None else now),
         )
         with self._lock:
             state = self._state
             if device_id in state.devices:
                 raise ValueError(f"device {device_id!r} already exists")
             self._commit(
-                _State(
-                    {**state.devices, device_id: device},
-                    {**state.twins, device_id: Twin()},
-                    state.c2d,
+                dataclasses.replace(
+                    state,
+                    devices={**state.devices, device_id: device},
+                    twins={**state.twins, device_id: Twin()},
                 )
             )
         return device
@@ -656,7 +243,7 @@ class Store:
         with self._lock:
             state = self._state
             device = dataclasses.replace(self._require(device_id), enabled=bool(enabled))
-            self._commit(_State({**state.devices, device_id: device}, state.twins, state.c2d))
+            self._commit(dataclasses.replace(state, devices={**state.devices, device_id: device}))
             return device
 
     def remove_device(self, device_id: str) -> None:
@@ -673,30 +260,147 @@ class Store:
             c2d = dict(state.c2d)
             del devices[device_id], twins[device_id]
             c2d.pop(device_id, None)
-            self._commit(_State(devices, twins, c2d))
+            modules = {k: m for k, m in state.modules.items() if m.device_id != device_id}
+            for key in set(state.modules) - set(modules):
+                del twins[key]
+            self._commit(State(devices, twins, c2d, modules))
             self._telemetry.pop(device_id, None)
 
-    # -------------------------------------------------------------- twin
+    # -------------------------------------------------------------- modules
 
-    def twin(self, device_id: str) -> Twin:
-        """A copy of the device's twin (changing it changes nothing in the store).
+    def add_module(
+        self,
+        device_id: str,
+        module_id: str,
+        *,
+        primary_key: str | None = None,
+        secondary_key: str | None = None,
+        x509_thumbprints: Iterable[str] = (),
+        managed_by: str | None = None,
+        now: float | None = None,
+    ) -> Module:
+        """Register a module of a device, with an empty module twin.
+
+        Keys and thumbprints as in ``add_device``.
+
+        Args:
+            device_id: a registered device.
+            module_id: 1..128 ASCII letters, digits and ``-:.+%_#*?!(),=@;$'``.
+            primary_key, secondary_key: base64 keys of 16 to 64 bytes.
+            x509_thumbprints: SHA-1 or SHA-256 hex thumbprints.
+            managed_by: ``"iotEdge"`` for a module of an Edge device.
+            now: creation time, epoch seconds (default: the clock).
+
+        Returns:
+            The new ``Module``.
 
         Raises:
             DeviceNotFoundError: no such device.
+            ValueError: bad or duplicate module id, bad key or thumbprint, or
+                keys and thumbprints together.
+        """
+        validate_module_id(module_id)
+        if isinstance(x509_thumbprints, str):
+            raise ValueError("x509_thumbprints is a sequence of thumbprints, not one string")
+        thumbprints = normalise_thumbprints(x509_thumbprints)
+        if thumbprints and (primary_key is not None or secondary_key is not None):
+            raise ValueError(
+                f"module {device_id}/{module_id}: give symmetric keys or X.509 thumbprints, "
+                "not both"
+            )
+        if not thumbprints:
+            for name, key in (("primary_key", primary_key), ("secondary_key", secondary_key)):
+                if key is not None:
+                    validate_key(name, key)
+            primary_key = primary_key or new_key()
+            secondary_key = secondary_key or new_key()
+        module = Module(
+            device_id=device_id,
+            module_id=module_id,
+            primary_key=primary_key,
+            secondary_key=secondary_key,
+            x509_thumbprints=thumbprints,
+            created=iso_time(time.time() if now is None else now),
+            generation_id=uuid.uuid4().hex[:16],
+            managed_by=managed_by,
+        )
+        key = identity_key(device_id, module_id)
+        with self._lock:
+            state = self._state
+            self._require(device_id)
+            if key in state.modules:
+                raise ValueError(f"module {module_id!r} of device {device_id!r} already exists")
+            self._commit(
+                dataclasses.replace(
+                    state,
+                    modules={**state.modules, key: module},
+                    twins={**state.twins, key: Twin()},
+                )
+            )
+        return module
+
+    def module(self, device_id: str, module_id: str) -> Module | None:
+        """The module, or ``None``."""
+        with self._lock:
+            return self._state.modules.get(identity_key(device_id, module_id))
+
+    def modules(self, device_id: str | None = None) -> list[Module]:
+        """Every module (of one device, or of all), in registration order."""
+        with self._lock:
+            return [m for m in self._state.modules.values()
+                    if device_id is None or m.device_id == device_id]
+
+    def remove_module(self, device_id: str, module_id: str) -> None:
+        """Delete a module with its twin.
+
+        Raises:
+            UnknownModuleError: no such module.
+        """
+        key = identity_key(device_id, module_id)
+        with self._lock:
+            state = self._state
+            if key not in state.modules:
+                raise UnknownModuleError(device_id, module_id)
+            modules = dict(state.modules)
+            twins = dict(state.twins)
+            del modules[key], twins[key]
+            self._commit(dataclasses.replace(state, modules=modules, twins=twins))
+
+    def _twin_key(self, device_id: str, module_id: str | None) -> str:
+        self._require(device_id)
+        key = identity_key(device_id, module_id)
+        if module_id is not None and key not in self._state.modules:
+            raise UnknownModuleError(device_id, module_id)
+        return key
+
+    # -------------------------------------------------------------- twin
+
+    def twin(self, device_id: str, module_id: str | None = None) -> Twin:
+        """A copy of the device's (or module's) twin (changing it changes
+        nothing in the store).
+
+        Raises:
+            DeviceNotFoundError: no such device.
+            UnknownModuleError: no such module.
         """
         with self._lock:
-            self._require(device_id)
-            return copy.deepcopy(self._state.twins[device_id])
+            return copy.deepcopy(self._state.twins[self._twin_key(device_id, module_id)])
 
-    def _replace_twin(self, device_id: str, twin: Twin) -> None:
+    def _replace_twin(self, key: str, twin: Twin) -> None:
         state = self._state
-        self._commit(_State(state.devices, {**state.twins, device_id: twin}, state.c2d))
+        self._commit(dataclasses.replace(state, twins={**state.twins, key: twin}))
 
-    def patch_desired(self, device_id: str, patch: dict[str, Any]) -> dict[str, Any]:
+    def patch_desired(self, device_id: str, patch: dict[str, Any], *,
+                      module_id: str | None = None) -> dict[str, Any]:
         """Merge a patch into the desired properties (service side).
 
         Members are merged recursively; a member set to ``None`` is deleted;
         arrays and other values replace what was there.
+
+        Args:
+            device_id: the device.
+            patch: the desired-properties patch.
+            module_id: the module whose twin to patch (default: the device's).
 
         Returns:
             The notification body the device gets: a copy of ``patch`` (its
@@ -704,44 +408,48 @@ class Store:
 
         Raises:
             DeviceNotFoundError: no such device.
+            UnknownModuleError: no such module.
             TwinError: 400 for a malformed patch or a broken limit, 413 when
                 the desired section would exceed 32 KB; nothing changes.
         """
         with self._lock:
-            self._require(device_id)
-            _check_document("desired", patch)
-            twin = self._state.twins[device_id]
-            desired = _merge(twin.desired, patch)
-            _check_size("desired", desired, TWIN_MAX_SECTION_SIZE)
+            key = self._twin_key(device_id, module_id)
+            check_document("desired", patch)
+            twin = self._state.twins[key]
+            desired = merge(twin.desired, patch)
+            check_size("desired", desired, TWIN_MAX_SECTION_SIZE)
             version = twin.desired_version + 1
             self._replace_twin(
-                device_id, dataclasses.replace(twin, desired=desired, desired_version=version)
+                key, dataclasses.replace(twin, desired=desired, desired_version=version)
             )
             return {**copy.deepcopy(patch), "$version": version}
 
-    def patch_reported(self, device_id: str, patch: dict[str, Any]) -> int:
-        """Merge a device's patch into its reported properties.
+    def patch_reported(self, device_id: str, patch: dict[str, Any], *,
+                       module_id: str | None = None) -> int:
+        """Merge a device's (or module's) patch into its reported properties.
 
         Returns:
             The new reported version.
 
         Raises:
             DeviceNotFoundError: no such device.
+            UnknownModuleError: no such module.
             TwinError: as ``patch_desired``, for the reported section.
         """
         with self._lock:
-            self._require(device_id)
-            _check_document("reported", patch)
-            twin = self._state.twins[device_id]
-            reported = _merge(twin.reported, patch)
-            _check_size("reported", reported, TWIN_MAX_SECTION_SIZE)
+            key = self._twin_key(device_id, module_id)
+            check_document("reported", patch)
+            twin = self._state.twins[key]
+            reported = merge(twin.reported, patch)
+            check_size("reported", reported, TWIN_MAX_SECTION_SIZE)
             version = twin.reported_version + 1
             self._replace_twin(
-                device_id, dataclasses.replace(twin, reported=reported, reported_version=version)
+                key, dataclasses.replace(twin, reported=reported, reported_version=version)
             )
             return version
 
-    def set_tags(self, device_id: str, tags: dict[str, Any]) -> dict[str, Any]:
+    def set_tags(self, device_id: str, tags: dict[str, Any], *,
+                 module_id: str | None = None) -> dict[str, Any]:
         """Replace the twin's tags (nulls in ``tags`` are dropped).
 
         Returns:
@@ -749,15 +457,16 @@ class Store:
 
         Raises:
             DeviceNotFoundError: no such device.
+            UnknownModuleError: no such module.
             TwinError: 400 for malformed tags, 413 over 8 KB; nothing changes.
         """
         with self._lock:
-            self._require(device_id)
-            _check_document("tags", tags)
-            stored = _merge({}, tags)
-            _check_size("tags", stored, TWIN_MAX_TAGS_SIZE)
-            twin = self._state.twins[device_id]
-            self._replace_twin(device_id, dataclasses.replace(twin, tags=stored))
+            key = self._twin_key(device_id, module_id)
+            check_document("tags", tags)
+            stored = merge({}, tags)
+            check_size("tags", stored, TWIN_MAX_TAGS_SIZE)
+            twin = self._state.twins[key]
+            self._replace_twin(key, dataclasses.replace(twin, tags=stored))
             return copy.deepcopy(stored)
 
     # -------------------------------------------------------------- cloud-to-device
@@ -838,9 +547,9 @@ class Store:
             if len(live) >= self.c2d_queue_limit:
                 raise QueueFullError(device_id, self.c2d_queue_limit)
             self._commit(
-                _State(state.devices, state.twins, {**state.c2d, device_id: (*live, message)})
+                dataclasses.replace(state, c2d={**state.c2d, device_id: (*live, message)})
             )
-        return _copy_message(message)
+        return copy_message(message)
 
     def pending_c2d(self, device_id: str, now: float) -> list[C2DMessage]:
         """The device's unexpired messages, oldest first (expired ones are dropped).
@@ -853,8 +562,8 @@ class Store:
             live = tuple(m for m in queue if m.expiry > now)
             if len(live) != len(queue):
                 c2d = _with_queue(state, device_id, live)
-                self._commit(_State(state.devices, state.twins, c2d))
-            return [_copy_message(m) for m in live]
+                self._commit(dataclasses.replace(state, c2d=c2d))
+            return [copy_message(m) for m in live]
 
     def record_c2d_delivery(self, device_id: str, lock_token: str) -> C2DMessage | None:
         """Count one more delivery of a pending message.
@@ -872,9 +581,9 @@ class Store:
                     )
                     live = (*queue[:index], updated, *queue[index + 1 :])
                     self._commit(
-                        _State(state.devices, state.twins, _with_queue(state, device_id, live))
+                        dataclasses.replace(state, c2d=_with_queue(state, device_id, live))
                     )
-                    return _copy_message(updated)
+                    return copy_message(updated)
             return None
 
     def complete_c2d(self, device_id: str, lock_token: str) -> bool:
@@ -890,7 +599,7 @@ class Store:
             live = tuple(m for m in queue if m.lock_token != lock_token)
             if len(live) == len(queue):
                 return False
-            self._commit(_State(state.devices, state.twins, _with_queue(state, device_id, live)))
+            self._commit(dataclasses.replace(state, c2d=_with_queue(state, device_id, live)))
             return True
 
     # -------------------------------------------------------------- telemetry
@@ -928,7 +637,7 @@ class Store:
 
 
 def _with_queue(
-    state: _State, device_id: str, queue: tuple[C2DMessage, ...]
+    state: State, device_id: str, queue: tuple[C2DMessage, ...]
 ) -> dict[str, tuple[C2DMessage, ...]]:
     c2d = dict(state.c2d)
     if queue:
@@ -937,10 +646,3 @@ def _with_queue(
         c2d.pop(device_id, None)
     return c2d
 
-
-def _copy_message(message: C2DMessage) -> C2DMessage:
-    return dataclasses.replace(message, properties=dict(message.properties))
-
-
-def _new_key() -> str:
-    return base64.b64encode(secrets.token_bytes(32)).decode("ascii")
