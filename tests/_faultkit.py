@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from iotdev import _hub_topics as topics
-from iotdev.emulator import Hub
+from iotdev.emulator import Hub, HubConnection, HubObserver, Verdict
 from iotdev_mqtt import (
     Connect,
     Disconnect,
@@ -93,39 +93,37 @@ class HubTap:
 
     def install(self, hub: Hub,
                 setattr_: Callable[[Any, str, Any], None] = setattr) -> HubTap:
-        on_telemetry, authenticate, on_closed = (hub._on_telemetry, hub._authenticate,
-                                                 hub._on_closed)
+        tap = self
 
-        def telemetry(conn: Any, device_id: str, parsed: tuple[str, str | None, str],
-                      message: Any) -> None:
-            mid = dict(topics.decode_property_bag(parsed[2])).get("$.mid")
-            entry = Telemetry(message.payload, mid, message.dup, message.packet_id,
-                              self._conn_numbers.get(id(conn), -1))
-            with self.cond:
-                self.telemetry[device_id].append(entry)
-                self.unique[device_id].add(message.payload)
-                self.cond.notify_all()
-            on_telemetry(conn, device_id, parsed, message)
+        class Observer(HubObserver):
+            def on_publish(self, conn: HubConnection, message: Any) -> Verdict | None:
+                parsed = topics.parse_telemetry_topic(message.topic)
+                if parsed is None or conn.device_id is None:
+                    return None
+                mid = dict(topics.decode_property_bag(parsed[2])).get("$.mid")
+                entry = Telemetry(message.payload, mid, message.dup, message.packet_id,
+                                  tap._conn_numbers.get(id(conn), -1))
+                with tap.cond:
+                    tap.telemetry[conn.device_id].append(entry)
+                    tap.unique[conn.device_id].add(message.payload)
+                    tap.cond.notify_all()
+                return None
 
-        def auth(conn: Any, event: Any) -> None:
-            authenticate(conn, event)
-            device_id = conn.device_id
-            if device_id is not None:
-                with self.cond:
-                    self._conn_numbers[id(conn)] = sum(self.connects.values())
-                    self.connects[device_id] += 1
-                    self.cond.notify_all()
+            def on_connect(self, conn: HubConnection, packet: Any, refusal: str | None) -> None:
+                device_id = conn.device_id
+                if device_id is not None and refusal is None:
+                    with tap.cond:
+                        tap._conn_numbers[id(conn)] = sum(tap.connects.values())
+                        tap.connects[device_id] += 1
+                        tap.cond.notify_all()
 
-        def closed(conn: Any, reason: str) -> None:
-            on_closed(conn, reason)
-            if conn.device_id is not None:
-                with self.cond:
-                    self.closes[conn.device_id] += 1
-                    self.cond.notify_all()
+            def on_close(self, conn: HubConnection, reason: str) -> None:
+                if conn.device_id is not None:
+                    with tap.cond:
+                        tap.closes[conn.device_id] += 1
+                        tap.cond.notify_all()
 
-        setattr_(hub, "_on_telemetry", telemetry)
-        setattr_(hub, "_authenticate", auth)
-        setattr_(hub, "_on_closed", closed)
+        setattr_(hub, "observers", (*hub.observers, Observer()))
         return self
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float,

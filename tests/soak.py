@@ -58,7 +58,7 @@ from iotdev import (
     ServiceError,
 )
 from iotdev import _hub_topics as topics
-from iotdev.emulator import Hub
+from iotdev.emulator import Hub, HubConnection, HubObserver, Verdict
 from tests._faultkit import Resources, ThreadGuard
 from tests._faultproxy import DIRECTIONS, FaultProxy
 
@@ -143,16 +143,17 @@ class Ledger:
 
 
 def install(hub: Hub, ledgers: dict[str, Ledger]) -> None:
-    """Wrap the hub's telemetry and authentication hooks (on the instance).
+    """Observe the hub's telemetry and connects (``Hub.add_observer``).
     The ledgers do the counting, so the hub keeps only its last 1,000 messages
     per device (a small, quickly steady footprint: RSS then shows the clients)."""
     hub.store.telemetry_limit = 1000
-    on_telemetry, authenticate = hub._on_telemetry, hub._authenticate
 
-    def telemetry(conn: Any, device_id: str, parsed: tuple[str, str | None, str],
-                  message: Any) -> None:
-        ledger = ledgers.get(device_id)
-        if ledger is not None:
+    class Observer(HubObserver):
+        def on_publish(self, conn: HubConnection, message: Any) -> Verdict | None:
+            parsed = topics.parse_telemetry_topic(message.topic)
+            ledger = ledgers.get(conn.device_id or "")
+            if parsed is None or ledger is None:
+                return None
             mid = dict(topics.decode_property_bag(parsed[2])).get("$.mid")
             try:
                 n = int(message.payload.split(b":", 1)[1])
@@ -160,17 +161,15 @@ def install(hub: Hub, ledgers: dict[str, Ledger]) -> None:
                 ledger.bad_mid.append(f"unexpected body {message.payload[:40]!r}")
             else:
                 ledger.arrive(n, mid)
-        on_telemetry(conn, device_id, parsed, message)
+            return None
 
-    def auth(conn: Any, event: Any) -> None:
-        authenticate(conn, event)
-        ledger = ledgers.get(conn.device_id or "")
-        if ledger is not None:
-            with ledger.lock:
-                ledger.connects += 1
+        def on_connect(self, conn: HubConnection, packet: Any, refusal: str | None) -> None:
+            ledger = ledgers.get(conn.device_id or "")
+            if ledger is not None and refusal is None:
+                with ledger.lock:
+                    ledger.connects += 1
 
-    hub._on_telemetry = telemetry  # type: ignore[method-assign]
-    hub._authenticate = auth  # type: ignore[method-assign]
+    hub.add_observer(Observer())
 
 
 # ------------------------------------------------------------------ the run

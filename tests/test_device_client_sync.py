@@ -42,7 +42,7 @@ from iotdev import (
     ServiceError,
 )
 from iotdev._auth import device_resource_uri, generate_sas_token
-from iotdev.emulator import Hub
+from iotdev.emulator import Hub, HubConnection, HubObserver, Verdict
 
 HOST = "127.0.0.1"
 TIMEOUT = 10.0
@@ -131,60 +131,53 @@ class HubSpy:
         self.cut_at: dict[bytes, threading.Event] = {}
 
     def install(self, hub: Hub, setattr_: Callable[[Any, str, Any], None] = setattr) -> HubSpy:
-        on_publish, on_subscribe = hub._on_publish, hub._on_subscribe
-        authenticate, on_twin, on_closed = hub._authenticate, hub._on_twin, hub._on_closed
+        spy = self
 
-        def publish(conn: Any, message: Any) -> None:
-            with self.cond:
-                self.publishes.append((conn.device_id, message.topic, message.payload))
-                self.cond.notify_all()
-            cut = self.cut_at.get(message.payload)
-            if cut is not None and not cut.is_set():
-                conn.transport.abort()  # no PUBACK ever leaves for this PUBLISH
-                cut.set()
-                return
-            on_publish(conn, message)
+        class Observer(HubObserver):
+            def on_connect(self, conn: HubConnection, packet: Any, refusal: str | None) -> None:
+                with spy.cond:
+                    spy.connects.append((packet.client_id, packet.username, packet.password,
+                                         packet.keep_alive))
+                    spy.cond.notify_all()
 
-        def subscribe(conn: Any, event: Any) -> None:
-            with self.cond:
-                self.subscribe_requests.append(conn.device_id)
-                self.cond.notify_all()
-            if conn.device_id in self.mute_subscribe:
-                return  # no SUBACK
-            on_subscribe(conn, event)
-            with self.cond:
-                if conn.device_id:
-                    self.subscribed.setdefault(conn.device_id, set()).update(
-                        f for f, _ in event.subscriptions)
-                self.cond.notify_all()
+            def on_publish(self, conn: HubConnection, message: Any) -> Verdict | None:
+                with spy.cond:
+                    spy.publishes.append((conn.device_id, message.topic, message.payload))
+                    spy.cond.notify_all()
+                cut = spy.cut_at.get(message.payload)
+                if cut is not None and not cut.is_set():
+                    conn.abort()  # no PUBACK ever leaves for this PUBLISH
+                    cut.set()
+                    return Verdict.ABORT
+                return None
 
-        def auth(conn: Any, event: Any) -> None:
-            packet = event.connect
-            with self.cond:
-                self.connects.append((packet.client_id, packet.username, packet.password,
-                                      packet.keep_alive))
-                self.cond.notify_all()
-            authenticate(conn, event)
+            def on_subscribe(self, conn: HubConnection, subscriptions: Any) -> Verdict | None:
+                with spy.cond:
+                    spy.subscribe_requests.append(conn.device_id)
+                    spy.cond.notify_all()
+                return Verdict.HOLD if conn.device_id in spy.mute_subscribe else None  # no SUBACK
 
-        def twin(conn: Any, device_id: str, request: tuple[str, str], body: bytes) -> None:
-            with self.cond:
-                self.twin_requests.append((device_id, request[0]))
-                self.cond.notify_all()
-            if device_id in self.mute_twin:
-                return
-            on_twin(conn, device_id, request, body)
+            def on_subscribed(self, conn: HubConnection, subscriptions: Any,
+                              codes: list[int]) -> None:
+                with spy.cond:
+                    if conn.device_id:
+                        spy.subscribed.setdefault(conn.device_id, set()).update(
+                            f for f, _ in subscriptions)
+                    spy.cond.notify_all()
 
-        def closed(conn: Any, reason: str) -> None:
-            on_closed(conn, reason)
-            with self.cond:
-                self.closes.append(conn.device_id)
-                self.cond.notify_all()
+            def on_twin_request(self, conn: HubConnection, kind: str, request_id: str,
+                                body: bytes) -> Verdict | None:
+                with spy.cond:
+                    spy.twin_requests.append((conn.device_id or "", kind))
+                    spy.cond.notify_all()
+                return Verdict.HOLD if conn.device_id in spy.mute_twin else None
 
-        setattr_(hub, "_on_publish", publish)
-        setattr_(hub, "_on_subscribe", subscribe)
-        setattr_(hub, "_authenticate", auth)
-        setattr_(hub, "_on_twin", twin)
-        setattr_(hub, "_on_closed", closed)
+            def on_close(self, conn: HubConnection, reason: str) -> None:
+                with spy.cond:
+                    spy.closes.append(conn.device_id)
+                    spy.cond.notify_all()
+
+        setattr_(hub, "observers", (*hub.observers, Observer()))
         return self
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = TIMEOUT,

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from ._files import FileUpload
 from ._hub import Hub, MethodResult
-from ._store import C2DMessage, Device, TelemetryMessage, Twin
+from ._observer import HubConnection, HubObserver, Verdict
+from ._store import C2DMessage, Device, Module, TelemetryMessage, Twin
 
-__all__ = ["C2DMessage", "Device", "FileUpload", "Hub", "MethodResult", "TelemetryMessage",
-           "Twin"]
+__all__ = ["C2DMessage", "Device", "FileUpload", "Hub", "HubConnection", "HubObserver",
+           "MethodResult", "Module", "TelemetryMessage", "Twin", "Verdict"]

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import ec
 
+_UTC = datetime.timezone.utc  # noqa: UP017 (datetime.UTC is 3.11+)
+
 __all__ = ["CertPaths", "ensure_certificates"]
 
 CA_CERT_FILE = "ca.pem"
@@ -147,7 +149,7 @@ def ensure_certificates(
     from cryptography.hazmat.primitives import serialization
 
     wanted = _requested_names(hub_name, addresses)
-    moment = datetime.datetime.now(datetime.UTC) if now is None else now
+    moment = datetime.datetime.now(_UTC) if now is None else now
     if moment.tzinfo is None:
         raise ValueError("now must be an aware datetime")
     state_dir = Path(state_dir)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from iotdev_mqtt import Event, ProtocolError, ServerConnection, State
 
@@ -21,9 +22,8 @@ from ._http import MAX_HEAD, HTTPConnection
 
 if TYPE_CHECKING:
     from ._files import DeviceAPI
-    from ._hub import Hub
 
-__all__ = ["DeviceConnection", "DevicePortConnection"]
+__all__ = ["ConnectionHandler", "DeviceConnection", "DevicePortConnection"]
 
 log = logging.getLogger(__name__)
 
@@ -32,24 +32,45 @@ MAX_CONNECT_SIZE = 64 * 1024
 """Largest CONNECT the hub reads (a device's is a few hundred bytes)."""
 
 
-class DeviceConnection(asyncio.Protocol):
-    """The server side of one device's transport."""
+class ConnectionHandler(Protocol):
+    """Who gets a connection's MQTT events and its end (``_router.Router``)."""
 
-    def __init__(self, hub: Hub, context: ssl.SSLContext, *, websocket: bool,
+    def on_event(self, conn: Any, event: Event) -> None: ...
+
+    def on_closed(self, conn: Any, reason: str) -> None: ...
+
+
+class DeviceConnection(asyncio.Protocol):
+    """The server side of one device's (or module's) transport.
+
+    Args:
+        handler: gets the engine events and the close.
+        context: the server TLS context.
+        websocket: MQTT over WebSocket (``/$iothub/websocket``) above TLS.
+        connect_timeout: seconds to the CONNECT (TLS handshake included).
+        max_packet_size: the largest MQTT packet accepted.
+        tls: a TLS session already established (the device port's).
+    """
+
+    def __init__(self, handler: ConnectionHandler, context: ssl.SSLContext, *, websocket: bool,
+                 connect_timeout: float, max_packet_size: int,
                  tls: TLSLayer | None = None) -> None:
-        self.hub = hub
+        self.handler = handler
         self.loop = asyncio.get_running_loop()
         layers: list[Any] = [tls or TLSLayer(context, None, server_side=True)]
         if websocket:
             layers.append(WebSocketServerLayer(path=WS_PATH))
         self.stack = Stack(layers)
+        self.websocket = websocket
         # What an unauthenticated socket may cost: CONNECT within
-        # hub.connect_timeout seconds, and at most MAX_CONNECT_SIZE bytes of it.
-        self.engine = ServerConnection(now=self.loop.time(), connect_timeout=hub.connect_timeout,
-                                       max_packet_size=hub.max_packet_size,
+        # connect_timeout seconds, and at most MAX_CONNECT_SIZE bytes of it.
+        self.engine = ServerConnection(now=self.loop.time(), connect_timeout=connect_timeout,
+                                       max_packet_size=max_packet_size,
                                        max_connect_size=MAX_CONNECT_SIZE)
         self.transport: asyncio.Transport | None = None
         self.device_id: str | None = None
+        self.module_id: str | None = None
+        self.messages_in = 0
         self.closed = False
         self._timer: asyncio.TimerHandle | None = None
         self.peer = "?"
@@ -111,9 +132,31 @@ class DeviceConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------ operations
 
+    @property
+    def transport_name(self) -> str:
+        """``"mqtt"`` (MQTT over TLS) or ``"mqtt-ws"`` (over TLS WebSocket)."""
+        return "mqtt-ws" if self.websocket else "mqtt"
+
+    def peer_certificate(self) -> bytes | None:
+        """The DER of the client's TLS certificate, if it sent one."""
+        tls = self.stack.layers[0]
+        der = tls.ssl_object.getpeercert(binary_form=True)  # type: ignore[attr-defined]
+        return der or None
+
     def handle(self, events: list[Event]) -> None:
         for event in events:
-            self.hub._on_event(self, event)
+            if self.closed:
+                return
+            self.handler.on_event(self, event)
+
+    def abort(self) -> None:
+        """Drop the connection at once: what is queued is discarded, not sent."""
+        if self.closed:
+            return
+        self.engine.data_to_send()  # e.g. the PUBACK of the PUBLISH being aborted
+        if self.transport is not None:
+            self.transport.abort()
+        self.close("aborted by the hub")
 
     def flush(self) -> None:
         if self.closed or self.transport is None:
@@ -177,7 +220,7 @@ class DeviceConnection(asyncio.Protocol):
             except ProtocolError:
                 pass
         log.debug("connection %s (%s) closed: %s", self.peer, self.device_id, reason)
-        self.hub._on_closed(self, reason)
+        self.handler.on_closed(self, reason)
 
 
 class DevicePortConnection(asyncio.Protocol):
@@ -188,10 +231,12 @@ class DevicePortConnection(asyncio.Protocol):
     blobs; ``_files.py``).  The chosen protocol object becomes the transport's
     protocol and gets the TLS session and the bytes already decrypted."""
 
-    def __init__(self, hub: Hub, context: ssl.SSLContext, api: DeviceAPI) -> None:
-        self.hub = hub
+    def __init__(self, context: ssl.SSLContext, api: DeviceAPI, *, connect_timeout: float,
+                 mqtt: Callable[[TLSLayer], DeviceConnection]) -> None:
         self.context = context
         self.api = api
+        self.connect_timeout = connect_timeout
+        self.mqtt = mqtt
         self.loop = asyncio.get_running_loop()
         self.tls = TLSLayer(context, None, server_side=True)
         self.transport: asyncio.Transport | None = None
@@ -207,7 +252,7 @@ class DevicePortConnection(asyncio.Protocol):
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.api.pending.add(self)
         # The TLS handshake and a request line within the hub's CONNECT timeout.
-        self._timer = self.loop.call_later(self.hub.connect_timeout, self.close,
+        self._timer = self.loop.call_later(self.connect_timeout, self.close,
                                            "no request in time")
         try:
             self.tls.start()
@@ -242,7 +287,7 @@ class DevicePortConnection(asyncio.Protocol):
         self._detach()
         new: DeviceConnection | HTTPConnection
         if method == b"GET" and path == WS_PATH.encode():
-            new = DeviceConnection(self.hub, self.context, websocket=True, tls=self.tls)
+            new = self.mqtt(self.tls)
         else:
             new = HTTPConnection(self.api, tls=self.tls)
         transport.set_protocol(new)

@@ -14,11 +14,11 @@ service API is not among its routes.
 
 Both hub routes authenticate the device as MQTT does: an
 ``Authorization: SharedAccessSignature sr=...`` header checked like the MQTT
-password (``Hub._check_token``: the device's key, ``sr`` naming it under one
-of the hub's names, not expired), or, without one, the TLS client certificate
-(its thumbprint registered for the device).  The path's device must be the
-authenticated one: no credential or a bad one gets 401, another device's good
-credential 403.  Errors use IoT Hub's JSON shape.
+password (``IdentityChecks.check_token``, ``_identity.py``: the device's key,
+``sr`` naming it under one of the hub's names, not expired), or, without one,
+the TLS client certificate (its thumbprint registered for the device).  The
+path's device must be the authenticated one: no credential or a bad one gets
+401, another device's good credential 403.  Errors use IoT Hub's JSON shape.
 
 ``UploadRegistry`` remembers every upload (a ``FileUpload``, frozen) in
 memory, like telemetry: it survives neither a restart nor more than
@@ -38,6 +38,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,7 +49,9 @@ from ._http import HTTPAPI, Request, Response, ServiceError, json_response
 from ._store import Device
 
 if TYPE_CHECKING:
-    from ._hub import Hub
+    from ._blobs import BlobStore
+    from ._identity import IdentityChecks
+    from ._store import Store
 
 __all__ = [
     "DEFAULT_CONTAINER",
@@ -195,20 +198,34 @@ class DeviceAPI(HTTPAPI):
     """The device HTTP API of a ``Hub`` (see the module docstring): the file
     upload routes and the blob endpoint.
 
+    Args:
+        store: the registry the path's device is looked up in.
+        identity: checks a request's SAS token or client certificate.
+        uploads: records the uploads.
+        blobs: the blob store (its routes are added here).
+        host_name: returns the ``hostName`` of storage info.
+        sas_ttl: seconds a blob SAS lives.
+
     Attributes:
         pending: device-port connections still reading their first request
             line (``DevicePortConnection``), closed by ``stop``.
     """
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, *, store: Store, identity: IdentityChecks, uploads: UploadRegistry,
+                 blobs: BlobStore, host_name: Callable[[], str], sas_ttl: float) -> None:
         super().__init__("device API", max_connections=DEVICE_API_MAX_CONNECTIONS)
-        self.hub = hub
+        self.store = store
+        self.identity = identity
+        self.uploads = uploads
+        self.blobs = blobs
+        self._host_name = host_name
+        self.sas_ttl = sas_ttl
         self.pending: set[Any] = set()
         self.add_route("POST", "/devices/{id}/files", self.storage_info,
                        max_body=FILES_MAX_BODY)
         self.add_route("POST", "/devices/{id}/files/notifications", self.notify,
                        max_body=FILES_MAX_BODY)
-        hub._blobs.add_routes(self)
+        blobs.add_routes(self)
 
     def stop(self) -> None:
         """Close every connection (cancelling handlers)."""
@@ -218,13 +235,8 @@ class DeviceAPI(HTTPAPI):
 
     @property
     def host_name(self) -> str:
-        """The ``hostName`` of storage info: the hub's connection host, with
-        the device port unless it is 443."""
-        host = self.hub.connection_host
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"
-        port = self.hub.ws_port
-        return host if port == 443 else f"{host}:{port}"
+        """The ``hostName`` of storage info."""
+        return self._host_name()
 
     # ------------------------------------------------------------ routes
 
@@ -239,12 +251,11 @@ class DeviceAPI(HTTPAPI):
             validate_blob_name(blob_name)
         except ValueError as exc:
             raise ServiceError(400, "ArgumentInvalid", str(exc)) from None
-        hub = self.hub
         now = time.time()
-        expires = int(now + hub.upload_sas_ttl)
-        container = hub.upload_container
+        expires = int(now + self.sas_ttl)
+        container = self.blobs.container
         try:
-            upload = hub._uploads.start(device.device_id, blob_name, container, now=now,
+            upload = self.uploads.start(device.device_id, blob_name, container, now=now,
                                         expires=expires)
         except QuotaExceededError as exc:
             raise ServiceError(403, "IotHubQuotaExceeded", f"403006: {exc}") from None
@@ -253,7 +264,7 @@ class DeviceAPI(HTTPAPI):
             "hostName": self.host_name,
             "containerName": container,
             "blobName": blob_name,
-            "sasToken": hub._blobs.sas.token(container, blob_name, expires),
+            "sasToken": self.blobs.sas.token(container, blob_name, expires),
         })
 
     async def notify(self, request: Request) -> Response:
@@ -273,7 +284,7 @@ class DeviceAPI(HTTPAPI):
         if description is not None and not isinstance(description, str):
             raise ServiceError(400, "ArgumentInvalid", "statusDescription must be a string")
         try:
-            self.hub._uploads.notify(device.device_id, correlation_id, success=success,
+            self.uploads.notify(device.device_id, correlation_id, success=success,
                                      status_code=code, description=description,
                                      now=time.time())
         except LookupError as exc:
@@ -289,7 +300,7 @@ class DeviceAPI(HTTPAPI):
             ServiceError: 401 (no, or a bad, credential), 403 (another device's).
         """
         device_id = request.params["id"]
-        store = self.hub.store
+        store = self.store
         device = store.device(device_id)
         token = request.header("authorization")
         if token is not None:
@@ -308,22 +319,22 @@ class DeviceAPI(HTTPAPI):
                                "no Authorization header (SharedAccessSignature) and no TLS "
                                "client certificate")
         if device is not None and device.enabled and \
-                self.hub._check_thumbprint(der, device) is None:
+                self.identity.check_thumbprint(der, device) is None:
             return device
         for other in store.devices():
             if other.device_id != device_id and other.enabled and other.x509_thumbprints \
-                    and self.hub._check_thumbprint(der, other) is None:
+                    and self.identity.check_thumbprint(der, other) is None:
                 raise _cross_device(other.device_id, device_id, "client certificate")
         if device is None or not device.enabled:
             reason = _unusable(device, device_id)
         else:
-            reason = self.hub._check_thumbprint(der, device) or "refused"
+            reason = self.identity.check_thumbprint(der, device) or "refused"
         raise ServiceError(401, "IotHubUnauthorizedAccess", reason)
 
     def _token_refusal(self, device: Device | None, device_id: str, token: str) -> str | None:
         if device is None or not device.enabled:
             return _unusable(device, device_id)
-        reason, _ = self.hub._check_token(device, token)
+        reason, _ = self.identity.check_token(device, token)
         return reason
 
 

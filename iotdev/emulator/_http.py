@@ -56,8 +56,10 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import h11
 
 from .._errors import ClientError
-from ..transport._layer import Stack
+from ..transport._layer import Layer, Stack
 from ..transport._tls import TLSLayer
+
+_UTC = datetime.timezone.utc  # noqa: UP017 (datetime.UTC is 3.11+)
 
 __all__ = [
     "HTTPAPI",
@@ -170,7 +172,7 @@ def json_response(status: int, document: Any) -> Response:
 
 def error_response(error: ServiceError) -> Response:
     """IoT Hub's error shape: ``{"Message": "ErrorCode:<Name>;<text>", ...}``."""
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    stamp = datetime.datetime.now(_UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     response = json_response(error.status, {
         "Message": f"ErrorCode:{error.code};{error.message}",
         "ExceptionMessage": f"Tracking ID:{uuid.uuid4().hex}-G:0-TimeStamp:{stamp}",
@@ -287,24 +289,44 @@ class HTTPAPI:
 # ------------------------------------------------------------------ one connection
 
 
+class _PlainLayer(Layer):
+    """No TLS: bytes pass through (the Edge workload API's Unix socket)."""
+
+    def __init__(self) -> None:
+        self._out = bytearray()
+
+    def send(self, data: bytes) -> None:
+        self._out += data
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+
 class HTTPConnection(asyncio.Protocol):
     """One client connection: TLS (sans-IO) under h11, one request at a time.
 
     Args:
         api: the routes it serves.
         context: the server TLS context of a new connection, or
-        tls: an established TLS session to carry on (see ``adopt``).
+        tls: an established TLS session to carry on (see ``adopt``), or
+        plain: no TLS at all (a local Unix socket).
     """
 
     def __init__(self, api: HTTPAPI, context: ssl.SSLContext | None = None, *,
-                 tls: TLSLayer | None = None) -> None:
+                 tls: TLSLayer | None = None, plain: bool = False) -> None:
         self.api = api
         self.loop = asyncio.get_running_loop()
-        if tls is None:
-            assert context is not None, "a TLS context or an established TLS layer"
-            tls = TLSLayer(context, None, server_side=True)
-        self.tls = tls
-        self.stack = Stack([tls])
+        self.tls: TLSLayer | None = None
+        if plain:
+            self.stack = Stack([_PlainLayer()])
+        else:
+            if tls is None:
+                assert context is not None, "a TLS context or an established TLS layer"
+                tls = TLSLayer(context, None, server_side=True)
+            self.tls = tls
+            self.stack = Stack([tls])
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -341,7 +363,7 @@ class HTTPConnection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "local"
         if len(self.api.connections) >= self.api.max_connections:
             log.warning("%s: refusing %s: %d connections open", self.api.name, self.peer,
                         self.api.max_connections)
@@ -415,7 +437,8 @@ class HTTPConnection(asyncio.Protocol):
             query=dict(parse_qsl(parts.query, keep_blank_values=True)),
             headers=tuple((bytes(n), bytes(v)) for n, v in head.headers),
             body=b"",
-            peer_certificate=self.tls.ssl_object.getpeercert(binary_form=True) or None,
+            peer_certificate=None if self.tls is None else
+            self.tls.ssl_object.getpeercert(binary_form=True) or None,
         )
         self._route, self._route_error, self._sink = None, None, None
         self._limit, self._received = MAX_BODY, 0

@@ -1,95 +1,58 @@
-"""The local IoT Hub: listeners, authentication and the device-facing protocol
-(telemetry, cloud-to-device, direct methods, twin), with a service-side API.
+"""The local IoT Hub: the composition root.  ``Hub`` builds the parts, each
+taking its collaborators explicitly, runs them on one event-loop thread and
+offers the service-side API to tests and the CLI.
 
 Theory of operation
 -------------------
-The hub runs one asyncio event loop on a background thread (so sync and async
-tests can both drive it).  Every device transport is a ``DeviceConnection``
-(server-side TLS, optionally WebSocket, and ``iotdev_mqtt.ServerConnection``),
-whose engine events come to ``Hub._on_event`` on the loop.  Service calls
-(``send_c2d``, ``invoke_method``, ``patch_desired``...) are submitted to the loop
-with ``run_coroutine_threadsafe`` and their results awaited from the caller's
-thread; the ``a``-prefixed variants await them from another event loop.
+The parts, one job each:
 
-What the hub checks, as IoT Hub does: client id = device id, user name
-``{host}/{device}/?api-version=...``, password = a SAS token whose ``sr`` names
-the device under one of the hub's names (its hub name, ``localhost``, the bound
-address) and whose signature verifies with the device's primary or secondary
-key and whose expiry is in the future (CONNACK 5 otherwise; an unknown or
-disabled device also gets 5); a token that expires while connected closes the
-connection.  A second connection of the same device drops the first.  Only the
-IoT Hub topics may be subscribed (others get 0x80, at most 5 subscriptions,
-QoS 2 granted as 1); a PUBLISH at QoS 2, to a topic the device may not use, or
-over 256 KB closes the connection.
+* ``_store.Store``: identities (devices, modules), twins, C2D queues, telemetry;
+* ``_identity.IdentityChecks``: who a CONNECT or a request proves to be
+  (SAS token or X.509 thumbprint), shared by MQTT and HTTPS;
+* ``_router.Router``: the device protocol for devices and modules
+  (telemetry, C2D, module inputs, methods, twins) and the operations that reach
+  a connected client; observers (``_observer.py``) see and steer it;
+* ``_conn.DeviceConnection``: one MQTT transport (TLS, WebSocket) handing its
+  events to the router; ``_conn.DevicePortConnection`` picks MQTT over
+  WebSocket or the device HTTP API (``_files.DeviceAPI``: file upload, blobs)
+  on the device port, as IoT Hub's 443 does;
+* ``_service.ServiceAPI``: the HTTPS service API (optional);
+* ``_loop.LoopThread``: the event loop on a background thread (so sync and
+  async tests can both drive the hub).
 
-The device port (``ws_port``) serves MQTT over WebSocket and, on the same TLS
-port as IoT Hub, the device HTTP API: file upload and the blob endpoint
-(``_conn.DevicePortConnection``, ``_files.py``, ``_blobs.py``).
+Service calls (``send_c2d``, ``invoke_method``, ``patch_desired``...) are
+submitted to the loop and their results awaited from the caller's thread; the
+``a``-prefixed variants await them from another event loop.
+
+The emulator logs to the ``iotdev.emulator`` logger: at INFO a connect (with
+the identity, transport and peer), a refusal with its reason, subscriptions,
+and a disconnect with the count of messages received.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import ssl
-import threading
 import time
-import uuid
-from collections.abc import Coroutine
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from iotdev_mqtt import (
-    ClientDisconnected,
-    ConnectionLost,
-    ConnectReceived,
-    Event,
-    MessageReceived,
-    PublishAcked,
-    Session,
-    State,
-    SubscribeReceived,
-    UnsubscribeReceived,
-)
-
-from .. import _hub_topics as topics
-from .._auth import SasTokenError, parse_username, verify_sas_token
 from ._blobs import BlobStore
 from ._certs import CertPaths, ensure_certificates
 from ._conn import DeviceConnection, DevicePortConnection
+from ._edge import MANAGED_BY, EdgeDevice, EdgeRuntime
 from ._files import DEFAULT_CONTAINER, DEFAULT_SAS_TTL, DeviceAPI, FileUpload, UploadRegistry
+from ._identity import IdentityChecks
+from ._loop import LoopThread
+from ._observer import HubObserver
+from ._router import MethodResult, Router
 from ._service import ServiceAPI  # service API (HTTPS)
-from ._store import C2DMessage, Device, Store, TelemetryMessage, TwinError
-from ._x509 import DeviceCertificate, issue_device_certificate, thumbprints
+from ._store import C2DMessage, Device, Module, Store, TelemetryMessage
+from ._x509 import DeviceCertificate, issue_device_certificate
 
 __all__ = ["Hub", "MethodResult"]
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-D2C_LIMIT = 262_144
-MAX_SUBSCRIPTIONS = 5
-
-
-@dataclass(frozen=True)
-class MethodResult:
-    """What ``invoke_method`` returns, shaped like the service's answer."""
-
-    status: int
-    payload: Any
-
-
-class _DeviceState:
-    """What the hub keeps per device across connections."""
-
-    def __init__(self) -> None:
-        self.connection: DeviceConnection | None = None
-        self.session: Session | None = None
-        self.subscriptions: dict[str, int] = {}
-        self.c2d_tokens: dict[int, str] = {}  # engine token -> C2D lock token
 
 
 class Hub:
@@ -120,6 +83,14 @@ class Hub:
     Raises:
         ValueError: a bad ``upload_container`` or ``upload_sas_ttl``, or a
             non-loopback ``host`` for the service API.
+
+    Attributes:
+        store: the registry, twins, C2D queues and telemetry (``Store``);
+            replace it only before ``start()``.
+        router: the device protocol (``_router.Router``): what other parts
+            composed next to the hub (a DPS, the Edge mode) use to reach
+            connected clients.
+        identity: the CONNECT and HTTP credential checks (``IdentityChecks``).
     """
 
     def __init__(
@@ -151,23 +122,9 @@ class Hub:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.connection_host = connection_host or host
-        self.store = Store(self.state_dir)
         self.certs: CertPaths | None = None
-        self._devices: dict[str, _DeviceState] = {}
-        self._pending_methods: dict[str, asyncio.Future[MethodResult]] = {}
-        self._telemetry_event: asyncio.Condition | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._servers: list[asyncio.base_events.Server] = []
-        self._started = threading.Event()
-        self._start_error: BaseException | None = None
-        self._expiry_timers: dict[DeviceConnection, asyncio.TimerHandle] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        # --- service API (HTTPS): checks the address now, listens in _listen ---
         self.http_port = http_port
-        self._service = None if http_port is None else ServiceAPI(
-            self, allow_remote=http_allow_remote)
-        # --- file upload: the device HTTP API on ws_port (_files.py, _blobs.py) ---
+        self._http_allow_remote = http_allow_remote
         if not 0 <= upload_sas_ttl <= 366 * 86400:
             raise ValueError(f"upload_sas_ttl {upload_sas_ttl!r}: expected 0 to 366 days "
                              "in seconds")
@@ -175,7 +132,68 @@ class Hub:
         self._uploads = UploadRegistry()
         self._blobs = BlobStore(self.state_dir / "blobs", upload_container,
                                 on_write=self._uploads.blob_written)
+        self._runner = LoopThread("iotdev-hub")
+        self._servers: list[Any] = []
         self._device_api: DeviceAPI | None = None
+        self._compose(Store(self.state_dir))
+
+    def _compose(self, store: Store) -> None:
+        """Build the parts over ``store`` (checks the service API's address)."""
+        self._store = store
+        self.identity = IdentityChecks(store, self._host_names, time.time)
+        previous: Router | None = getattr(self, "router", None)
+        self.router = Router(store, self.identity)
+        self.router.observers = () if previous is None else previous.observers
+        self.edge = EdgeRuntime(store=store, router=self.router, state_dir=self.state_dir,
+                                hub_name=self.hub_name, gateway_host=self._gateway_host,
+                                ca_pem=lambda: self.ca_pem)
+        self.router.output_router = self.edge.route
+        self._service = None if self.http_port is None else ServiceAPI(
+            self.host, store=store, backend=self.router, uploads=self.uploads,
+            allow_remote=self._http_allow_remote)
+
+    def _gateway_host(self) -> str:
+        return self.connection_host
+
+    def _host_names(self) -> set[str]:
+        return {self.hub_name, "localhost", self.host, self.connection_host}
+
+    @property
+    def store(self) -> Store:
+        """The hub's ``Store``."""
+        return self._store
+
+    @store.setter
+    def store(self, store: Store) -> None:
+        if self._runner.running:
+            raise RuntimeError("replace the store before start()")
+        self._compose(store)
+
+    # ----------------------------------------------------------- observers
+
+    @property
+    def observers(self) -> tuple[HubObserver, ...]:
+        """The observers (``_observer.HubObserver``), in call order.  Setting
+        it replaces them all (``monkeypatch.setattr`` restores the old ones)."""
+        return self.router.observers
+
+    @observers.setter
+    def observers(self, observers: tuple[HubObserver, ...]) -> None:
+        self.router.observers = tuple(observers)
+
+    def add_observer(self, observer: HubObserver) -> None:
+        """See and steer the device protocol (``HubObserver``).
+
+        Args:
+            observer: called on the hub's loop thread for connects,
+                subscribes, publishes, twin requests and closes; its
+                ``Verdict`` can hold an answer back or abort the connection.
+        """
+        self.router.observers = (*self.router.observers, observer)
+
+    def remove_observer(self, observer: HubObserver) -> None:
+        """Stop calling ``observer`` (no error if it was not added)."""
+        self.router.observers = tuple(o for o in self.router.observers if o is not observer)
 
     # ----------------------------------------------------------- lifecycle
 
@@ -190,30 +208,18 @@ class Hub:
         return self.certs.ca_cert
 
     def start(self, timeout: float = 30.0) -> Hub:
-        """Start listening (on a background thread); returns once ready."""
-        if self._thread is not None:
-            return self
-        self._thread = threading.Thread(target=self._run, name="iotdev-hub", daemon=True)
-        self._thread.start()
-        if not self._started.wait(timeout):
-            raise TimeoutError("the hub did not start in time")
-        if self._start_error is not None:
-            raise self._start_error
+        """Start listening (on a background thread); returns once ready.
+
+        Raises:
+            OSError: a port cannot be bound.
+            TimeoutError: not ready within ``timeout`` seconds.
+        """
+        self._runner.start(self._listen, timeout)
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
         """Close every connection and listener; idempotent."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        fut = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
-        try:
-            fut.result(timeout)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout)
-            self._thread = None
-            self._loop = None
+        self._runner.stop(self._shutdown, timeout)
 
     def __enter__(self) -> Hub:
         return self.start()
@@ -222,55 +228,76 @@ class Hub:
         self.stop()
 
     async def __aenter__(self) -> Hub:
+        import asyncio
+
         await asyncio.to_thread(self.start)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        import asyncio
+
         await asyncio.to_thread(self.stop)
 
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(self._listen())
-        except BaseException as exc:
-            self._start_error = exc
-            self._started.set()
-            loop.close()
-            return
-        self._started.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.close()
-
-    async def _listen(self) -> None:
-        self._telemetry_event = asyncio.Condition()
-        self.certs = ensure_certificates(
-            self.state_dir, hub_name=self.hub_name,
-            addresses=[a for a in {self.host, "127.0.0.1"} if _is_ip(a)],
-        )
+    def server_context(self) -> ssl.SSLContext:
+        """A server TLS context with the hub's certificate that asks for (and
+        verifies against the hub's CA) an optional client certificate."""
+        assert self.certs is not None, "start() the hub first"
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(self.certs.server_cert, self.certs.server_key)
         # X.509 devices present a certificate from our CA; SAS devices none.
         ctx.verify_mode = ssl.CERT_OPTIONAL
         ctx.load_verify_locations(self.certs.ca_cert)
+        return ctx
+
+    async def _listen(self) -> None:
+        import asyncio
+
+        self.certs = ensure_certificates(
+            self.state_dir, hub_name=self.hub_name,
+            addresses=[a for a in {self.host, "127.0.0.1"} if _is_ip(a)],
+        )
+        ctx = self.server_context()
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            lambda: DeviceConnection(self, ctx, websocket=False), self.host, self.mqtt_port)
+        router = self.router
+
+        def mqtt(tls: Any = None, websocket: bool = False) -> DeviceConnection:
+            return DeviceConnection(router, ctx, websocket=websocket, tls=tls,
+                                    connect_timeout=self.connect_timeout,
+                                    max_packet_size=self.max_packet_size)
+
+        server = await loop.create_server(mqtt, self.host, self.mqtt_port)
         self._servers.append(server)
         self.mqtt_port = server.sockets[0].getsockname()[1]
         if self.ws_port is not None:
-            api = self._device_api = DeviceAPI(self)
+            api = self._device_api = DeviceAPI(
+                store=self.store, identity=self.identity, uploads=self._uploads,
+                blobs=self._blobs, host_name=self._device_host_name,
+                sas_ttl=self.upload_sas_ttl)
             ws = await loop.create_server(
-                lambda: DevicePortConnection(self, ctx, api), self.host, self.ws_port)
+                lambda: DevicePortConnection(
+                    ctx, api, connect_timeout=self.connect_timeout,
+                    mqtt=lambda tls: mqtt(tls, websocket=True)),
+                self.host, self.ws_port)
             self._servers.append(ws)
             self.ws_port = ws.sockets[0].getsockname()[1]
+            self.edge.add_method_routes(api)
+        await self.edge.start()
         # --- service API (HTTPS) ---
         if self._service is not None and self.http_port is not None:
-            self.http_port = await self._service.start(self.http_port)
+            self.http_port = await self._service.start(self.http_port, self.certs)
+        log.info("hub %s listening on %s: MQTT %s, device port (MQTT/WS, HTTPS) %s, "
+                 "service API %s; state in %s", self.hub_name, self.host, self.mqtt_port,
+                 self.ws_port if self.ws_port is not None else "off",
+                 self.http_port if self._service is not None else "off", self.state_dir)
+
+    def _device_host_name(self) -> str:
+        """The ``hostName`` of storage info: the connection host, with the
+        device port unless it is 443."""
+        host = self.connection_host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return host if self.ws_port == 443 else f"{host}:{self.ws_port}"
 
     async def _shutdown(self) -> None:
         # --- service API (HTTPS) ---
@@ -278,51 +305,163 @@ class Hub:
             await self._service.stop()
         if self._device_api is not None:
             self._device_api.stop()
-        for state in self._devices.values():
-            if state.connection is not None:
-                state.connection.close("the hub is stopping")
+        await self.edge.stop()
+        self.router.close_all("the hub is stopping")
         for server in self._servers:
             server.close()
             await server.wait_closed()
         self._servers.clear()
 
-    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 60.0) -> T:
-        loop = self._loop
-        if loop is None:
-            coro.close()
-            raise RuntimeError("the hub is not running: call start()")
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
-
-    async def _acall(self, coro: Coroutine[Any, Any, T]) -> T:
-        loop = self._loop
-        if loop is None:
-            coro.close()
-            raise RuntimeError("the hub is not running: call start()")
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
-
-    # ---------------------------------------------------------- service API
+    # ---------------------------------------------------------- registry
 
     def add_device(self, device_id: str, *, primary_key: str | None = None,
                    secondary_key: str | None = None, enabled: bool = True) -> Device:
-        """Register a symmetric-key device (keys generated when not given)."""
+        """Register a symmetric-key device (keys generated when not given).
+
+        Returns:
+            The new ``Device``.
+
+        Raises:
+            ValueError: a bad or duplicate id, or a bad key.
+        """
         return self.store.add_device(device_id, primary_key=primary_key,
                                      secondary_key=secondary_key, enabled=enabled)
 
-    def set_enabled(self, device_id: str, enabled: bool) -> None:
-        """Enable or disable a device; disabling drops its connection."""
-        self.store.set_enabled(device_id, enabled)
-        if not enabled and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._drop, device_id, "device disabled")
+    def add_module(self, device_id: str, module_id: str, *, primary_key: str | None = None,
+                   secondary_key: str | None = None) -> Module:
+        """Register a symmetric-key module of a registered device (keys
+        generated when not given).
 
-    def connection_string(self, device_id: str, *, host: str | None = None) -> str:
+        Returns:
+            The new ``Module``.
+
+        Raises:
+            DeviceNotFoundError: no such device.
+            ValueError: a bad or duplicate module id, or a bad key.
+        """
+        managed = MANAGED_BY if device_id in self.edge.devices else None
+        return self.store.add_module(device_id, module_id, primary_key=primary_key,
+                                     secondary_key=secondary_key, managed_by=managed)
+
+    # ---------------------------------------------------------- Edge mode
+
+    def add_edge_device(self, device_id: str, *, routes: dict[str, str] | None = None,
+                        workload_socket: Path | str | None = None) -> EdgeDevice:
+        """Play the IoT Edge runtime of a device (``_edge.py``): its workload
+        API on a Unix socket, its routes, module-to-module methods.  The
+        device is registered (with generated keys) when it is not yet.
+
+        Args:
+            device_id: the Edge device.
+            routes: route name -> ``FROM <source> [WHERE <condition>] INTO <sink>``
+                (replacing the stored ones when given).
+            workload_socket: the workload API's socket (default
+                ``state_dir/edge/{device}/workload.sock``).
+
+        Returns:
+            The ``EdgeDevice`` (persisted in ``edge.json``).
+
+        Raises:
+            ValueError: a bad device id or route.
+        """
+        if self.store.device(device_id) is None:
+            self.store.add_device(device_id)
+        device = self.edge.add_device(
+            device_id, routes=routes,
+            workload_socket=None if workload_socket is None else Path(workload_socket))
+        if self._runner.running:
+            self._runner.call(self.edge.start_device(device))
+        return device
+
+    def set_routes(self, device_id: str, routes: dict[str, str]) -> None:
+        """Replace an Edge device's routes (name -> route text).
+
+        Raises:
+            KeyError: not an Edge device.
+            ValueError: a bad route (nothing changes).
+        """
+        self.edge.set_routes(device_id, routes)
+
+    def edge_environment(self, device_id: str, module_id: str) -> dict[str, str]:
+        """The ``IOTEDGE_*`` environment variables of a module of an Edge
+        device: with them, ``create_from_edge_environment()`` connects here.
+
+        Raises:
+            KeyError: not an Edge device, or no such module.
+        """
+        return self.edge.environment(device_id, module_id)
+
+    def add_x509_device(self, device_id: str, *, enabled: bool = True) -> DeviceCertificate:
+        """Register an X.509 device with a certificate issued by the hub's CA;
+        returns the certificate and key files (``iotdev.X509(cert, key)``).
+
+        Raises:
+            RuntimeError: the hub has not started (the CA is made on start).
+        """
+        if self.certs is None:
+            raise RuntimeError("start() the hub first: the CA is made on start")
+        cert = issue_device_certificate(self.state_dir, device_id)
+        self.store.add_device(device_id, x509_thumbprints=(cert.sha256_thumbprint,),
+                              enabled=enabled)
+        return cert
+
+    def add_x509_module(self, device_id: str, module_id: str) -> DeviceCertificate:
+        """Register an X.509 module of a registered device, with a certificate
+        issued by the hub's CA (subject ``{device}/{module}``).
+
+        Returns:
+            The certificate and key files.
+
+        Raises:
+            RuntimeError: the hub has not started.
+            DeviceNotFoundError: no such device.
+        """
+        if self.certs is None:
+            raise RuntimeError("start() the hub first: the CA is made on start")
+        cert = issue_device_certificate(self.state_dir, f"{device_id}/{module_id}")
+        self.store.add_module(device_id, module_id,
+                              x509_thumbprints=(cert.sha256_thumbprint,))
+        return cert
+
+    def set_enabled(self, device_id: str, enabled: bool) -> None:
+        """Enable or disable a device; disabling drops its connections (and
+        its modules').
+
+        Raises:
+            DeviceNotFoundError: no such device.
+        """
+        self.store.set_enabled(device_id, enabled)
+        if not enabled:
+            self._runner.call_soon(lambda: self.router.drop(device_id, "device disabled"))
+
+    def connection_string(self, device_id: str, *, host: str | None = None,
+                          module_id: str | None = None) -> str:
+        """The connection string of a device, or of one of its modules.
+
+        Raises:
+            KeyError: no such device or module.
+            ValueError: the identity uses X.509 (no key).
+        """
+        if module_id is not None:
+            module = self.store.module(device_id, module_id)
+            if module is None:
+                raise KeyError(f"no module {module_id!r} on device {device_id!r}")
+            return module.connection_string(host or self.connection_host)
         device = self.store.device(device_id)
         if device is None:
             raise KeyError(f"no device {device_id!r}")
         return device.connection_string(host or self.connection_host)
 
-    def is_connected(self, device_id: str) -> bool:
-        state = self._devices.get(device_id)
-        return state is not None and state.connection is not None
+    def is_connected(self, device_id: str, module_id: str | None = None) -> bool:
+        """Whether the device (or module) has a live connection."""
+        return self.router.is_connected(device_id, module_id)
+
+    @property
+    def _devices(self) -> dict[str, Any]:
+        """Per-identity sessions (kept for tests that peek at a connection)."""
+        return self.router.sessions
+
+    # ---------------------------------------------------------- file uploads
 
     @property
     def upload_container(self) -> str:
@@ -340,383 +479,91 @@ class Hub:
         """
         return self._uploads.list(device_id, now=time.time())
 
+    # ---------------------------------------------------------- telemetry
+
     def telemetry(self, device_id: str | None = None) -> list[TelemetryMessage]:
-        """Telemetry received so far (from every device, or one)."""
+        """Telemetry received so far (from every device, or one device and its modules)."""
         return self.store.telemetry(device_id)
 
     def wait_for_telemetry(self, device_id: str | None, count: int,
                            timeout: float = 10.0) -> list[TelemetryMessage]:
-        """Block until at least ``count`` messages arrived; return them."""
-        return self._call(self._wait_telemetry(device_id, count, timeout), timeout + 5)
+        """Block until at least ``count`` messages arrived; return them.
+
+        Raises:
+            TimeoutError: fewer arrived within ``timeout`` seconds.
+        """
+        return self._runner.call(self._wait_telemetry(device_id, count, timeout), timeout + 5)
 
     async def await_telemetry(self, device_id: str | None, count: int,
                               timeout: float = 10.0) -> list[TelemetryMessage]:
-        return await self._acall(self._wait_telemetry(device_id, count, timeout))
+        """``wait_for_telemetry`` for asyncio callers."""
+        return await self._runner.acall(self._wait_telemetry(device_id, count, timeout))
 
     async def _wait_telemetry(self, device_id: str | None, count: int,
                               timeout: float) -> list[TelemetryMessage]:
-        cond = self._telemetry_event
-        assert cond is not None
-        async with cond:
-            await asyncio.wait_for(
-                cond.wait_for(lambda: len(self.store.telemetry(device_id)) >= count), timeout)
+        if not await self.router.wait_for_telemetry(
+                lambda: len(self.store.telemetry(device_id)) >= count, timeout):
+            have = len(self.store.telemetry(device_id))
+            raise TimeoutError(f"{have} of {count} telemetry messages from "
+                               f"{device_id or 'every device'} within {timeout} s")
         return self.store.telemetry(device_id)
+
+    # ---------------------------------------------------------- cloud-to-device
 
     def send_c2d(self, device_id: str, body: bytes | str, **kw: Any) -> C2DMessage:
         """Queue a cloud-to-device message (``message_id``, ``correlation_id``,
         ``properties``, ``ttl``, ``ack``); delivered at QoS 1 when the device is
         subscribed, kept until its PUBACK, re-delivered after a reconnect."""
-        return self._call(self._send_c2d(device_id, _bytes(body), **kw))
+        return self._runner.call(self.router.send_c2d(device_id, _bytes(body), **kw))
 
     async def asend_c2d(self, device_id: str, body: bytes | str, **kw: Any) -> C2DMessage:
-        return await self._acall(self._send_c2d(device_id, _bytes(body), **kw))
+        """``send_c2d`` for asyncio callers."""
+        return await self._runner.acall(self.router.send_c2d(device_id, _bytes(body), **kw))
 
-    async def _send_c2d(self, device_id: str, body: bytes, **kw: Any) -> C2DMessage:
-        if self.store.device(device_id) is None:
-            raise KeyError(f"no device {device_id!r}")
-        message = self.store.enqueue_c2d(device_id, body, now=time.time(), **kw)
-        self._deliver_c2d(device_id)
-        return message
+    # ---------------------------------------------------------- methods
 
     def invoke_method(self, device_id: str, method_name: str, payload: Any = None,
-                      timeout: float = 30.0) -> MethodResult:
-        """Call a direct method; ``MethodResult(status, payload)``.  A device
-        that is not connected (or not subscribed to methods) gives 404, no
-        answer within ``timeout`` gives 504, as the service does."""
-        return self._call(self._invoke(device_id, method_name, payload, timeout), timeout + 10)
+                      timeout: float = 30.0, *, module_id: str | None = None) -> MethodResult:
+        """Call a direct method of a device (or of its module ``module_id``).
+
+        Returns:
+            ``MethodResult(status, payload)``.  A client that is not connected
+            (or not subscribed to methods) gives 404, no answer within
+            ``timeout`` gives 504, as the service does.
+        """
+        return self._runner.call(
+            self.router.invoke(device_id, method_name, payload, timeout, module_id),
+            timeout + 10)
 
     async def ainvoke_method(self, device_id: str, method_name: str, payload: Any = None,
-                             timeout: float = 30.0) -> MethodResult:
-        return await self._acall(self._invoke(device_id, method_name, payload, timeout))
+                             timeout: float = 30.0, *,
+                             module_id: str | None = None) -> MethodResult:
+        """``invoke_method`` for asyncio callers."""
+        return await self._runner.acall(
+            self.router.invoke(device_id, method_name, payload, timeout, module_id))
 
-    async def _invoke(self, device_id: str, name: str, payload: Any,
-                      timeout: float) -> MethodResult:
-        state = self._devices.get(device_id)
-        conn = state.connection if state else None
-        if conn is None or state is None or "$iothub/methods/POST/#" not in state.subscriptions:
-            return MethodResult(404, {"errorCode": 404103, "message":
-                                      f"device {device_id} is not online"})
-        rid = uuid.uuid4().hex[:16]
-        fut: asyncio.Future[MethodResult] = asyncio.get_running_loop().create_future()
-        self._pending_methods[rid] = fut
-        body = b"" if payload is None else json.dumps(payload).encode("utf-8")
-        conn.engine.publish(topics.method_request_topic(name, rid), body, 0,
-                            now=conn.loop.time())
-        conn.flush()
-        try:
-            return await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            return MethodResult(504, {"errorCode": 504101, "message":
-                                      f"timed out waiting for the response from {device_id}"})
-        finally:
-            self._pending_methods.pop(rid, None)
+    # ---------------------------------------------------------- twins
 
-    def get_twin(self, device_id: str) -> dict[str, Any]:
-        """The device twin as the service shows it (properties and tags)."""
-        return self._call(self._get_twin(device_id))
+    def get_twin(self, device_id: str, module_id: str | None = None) -> dict[str, Any]:
+        """The device (or module) twin as the service shows it (properties and tags)."""
+        return self.router.twin_document(device_id, module_id)
 
-    async def _get_twin(self, device_id: str) -> dict[str, Any]:
-        twin = self.store.twin(device_id)
-        doc = twin.properties_document()
-        return {"deviceId": device_id, "tags": dict(twin.tags), "properties": doc}
+    def patch_desired(self, device_id: str, patch: dict[str, Any], *,
+                      module_id: str | None = None) -> dict[str, Any]:
+        """Update desired properties; a subscribed device (or module) gets the patch.
 
-    def patch_desired(self, device_id: str, patch: dict[str, Any]) -> dict[str, Any]:
-        """Update desired properties; a subscribed device gets the patch."""
-        return self._call(self._patch_desired(device_id, patch))
+        Returns:
+            The notification (the patch with its ``$version``).
 
-    async def apatch_desired(self, device_id: str, patch: dict[str, Any]) -> dict[str, Any]:
-        return await self._acall(self._patch_desired(device_id, patch))
+        Raises:
+            TwinError: the patch breaks a twin rule (nothing changes).
+        """
+        return self._runner.call(self.router.patch_desired(device_id, patch, module_id))
 
-    async def _patch_desired(self, device_id: str, patch: dict[str, Any]) -> dict[str, Any]:
-        notification = self.store.patch_desired(device_id, patch)
-        state = self._devices.get(device_id)
-        if state and state.connection and any(
-            f.startswith("$iothub/twin/PATCH/properties/desired/") for f in state.subscriptions
-        ):
-            conn = state.connection
-            conn.engine.publish(topics.twin_desired_patch_topic(notification["$version"]),
-                                json.dumps(notification).encode("utf-8"), 0,
-                                now=conn.loop.time())
-            conn.flush()
-        return notification
-
-    # ------------------------------------------------------- device protocol
-
-    def _on_event(self, conn: DeviceConnection, event: Event) -> None:
-        if isinstance(event, MessageReceived):
-            self._on_publish(conn, event)
-        elif isinstance(event, ConnectReceived):
-            self._authenticate(conn, event)
-        elif isinstance(event, SubscribeReceived):
-            self._on_subscribe(conn, event)
-        elif isinstance(event, PublishAcked):
-            self._on_acked(conn, event)
-        elif isinstance(event, UnsubscribeReceived):
-            state = self._devices.get(conn.device_id or "")
-            if state is not None:
-                for topic_filter in event.topic_filters:
-                    state.subscriptions.pop(topic_filter, None)
-        elif isinstance(event, ClientDisconnected | ConnectionLost):
-            pass  # the connection closes; _on_closed cleans up
-
-    def _authenticate(self, conn: DeviceConnection, event: ConnectReceived) -> None:
-        packet = event.connect
-        engine = conn.engine
-        now = conn.loop.time()
-        device = self.store.device(packet.client_id)
-        reason = None
-        expiry = None
-        if device is None:
-            reason = f"unknown device {packet.client_id!r}"
-        elif not device.enabled:
-            reason = f"device {device.device_id} is disabled"
-        elif packet.username is None:
-            reason = "no user name"
-        elif packet.password is None:
-            reason = self._check_certificate(conn, device)
-            if reason is None:
-                reason = self._check_username(packet.username, packet.client_id)
-        else:
-            reason = self._check_username(packet.username, packet.client_id)
-            if reason is None:
-                reason, expiry = self._check_token(device, packet.password.decode(
-                    "utf-8", "replace"))
-        if reason is not None:
-            log.info("refused %s: %s", conn.peer, reason)
-            engine.refuse(5, now=now)
-            conn.flush()
-            conn.close(f"refused: {reason}")
-            return
-        assert device is not None
-        state = self._devices.setdefault(device.device_id, _DeviceState())
-        if state.connection is not None and state.connection is not conn:
-            state.connection.close("another connection of the same device")  # takeover
-        state.connection = conn
-        conn.device_id = device.device_id
-        resume = not packet.clean_session and state.session is not None
-        if packet.clean_session:
-            state.session = None
-            state.subscriptions.clear()
-            state.c2d_tokens.clear()
-        events = engine.accept(now=now, session_present=resume,
-                               session=state.session if resume else None)
-        state.session = engine.session
-        conn.handle(events[1:])
-        conn.flush()
-        if expiry is not None:
-            delay = max(0.0, expiry - time.time())
-            self._expiry_timers[conn] = conn.loop.call_later(
-                delay, conn.close, "the SAS token expired")
-        self._deliver_c2d(device.device_id)
-
-    @staticmethod
-    def _check_username(username: str, client_id: str) -> str | None:
-        try:
-            _, named, _ = parse_username(username)
-        except ValueError as exc:
-            return f"bad user name: {exc}"
-        if named != client_id:
-            return "the user name names another client id"
-        return None
-
-    @staticmethod
-    def _check_certificate(conn: DeviceConnection, device: Device) -> str | None:
-        if not device.x509_thumbprints:
-            return "no password, and the device has no X.509 thumbprint"
-        tls = conn.stack.layers[0]
-        der = tls.ssl_object.getpeercert(binary_form=True)  # type: ignore[attr-defined]
-        if not der:
-            return "no password and no client certificate"
-        return Hub._check_thumbprint(der, device)
-
-    @staticmethod
-    def _check_thumbprint(der: bytes, device: Device) -> str | None:
-        if not set(thumbprints(der)) & set(device.x509_thumbprints):
-            return "the client certificate's thumbprint is not registered for the device"
-        return None
-
-    def add_x509_device(self, device_id: str, *, enabled: bool = True) -> DeviceCertificate:
-        """Register an X.509 device with a certificate issued by the hub's CA;
-        returns the certificate and key files (``iotdev.X509(cert, key)``)."""
-        if self.certs is None:
-            raise RuntimeError("start() the hub first: the CA is made on start")
-        cert = issue_device_certificate(self.state_dir, device_id)
-        self.store.add_device(device_id, x509_thumbprints=(cert.sha256_thumbprint,),
-                              enabled=enabled)
-        return cert
-
-    def _check_token(self, device: Device, token: str) -> tuple[str | None, float | None]:
-        error: str | None = "no key"
-        for host in {self.hub_name, "localhost", self.host, self.connection_host}:
-            uri = f"{host}/devices/{device.device_id}"
-            for key in (device.primary_key, device.secondary_key):
-                if not key:
-                    continue
-                try:
-                    parsed = verify_sas_token(token, key, resource_uri=uri, now=time.time())
-                except SasTokenError as exc:
-                    error = str(exc)
-                    continue
-                return None, float(parsed.expiry)
-        return f"SAS token refused: {error}", None
-
-    def _on_subscribe(self, conn: DeviceConnection, event: SubscribeReceived) -> None:
-        state = self._devices.get(conn.device_id or "")
-        codes = []
-        for topic_filter, qos in event.subscriptions:
-            if state is None or not self._may_subscribe(conn.device_id or "", topic_filter):
-                codes.append(0x80)
-                continue
-            if topic_filter not in state.subscriptions and \
-                    len(state.subscriptions) >= MAX_SUBSCRIPTIONS:
-                codes.append(0x80)
-                continue
-            granted = min(qos, 1)
-            state.subscriptions[topic_filter] = granted
-            codes.append(granted)
-        conn.engine.suback(event.packet_id, codes, now=conn.loop.time())
-        conn.flush()
-        if conn.device_id:
-            self._deliver_c2d(conn.device_id)
-
-    @staticmethod
-    def _may_subscribe(device_id: str, topic_filter: str) -> bool:
-        return topic_filter in (
-            f"devices/{device_id}/messages/devicebound/#",
-            "$iothub/methods/POST/#",
-            "$iothub/twin/res/#",
-            "$iothub/twin/PATCH/properties/desired/#",
-        )
-
-    def _on_publish(self, conn: DeviceConnection, message: MessageReceived) -> None:
-        device_id = conn.device_id
-        if device_id is None:
-            return
-        if message.qos == 2:
-            conn.close("QoS 2 is not supported by IoT Hub")
-            return
-        topic = message.topic
-        telemetry = topics.parse_telemetry_topic(topic)
-        if telemetry is not None:
-            self._on_telemetry(conn, device_id, telemetry, message)
-            return
-        method = topics.parse_method_response_topic(topic)
-        if method is not None:
-            status, rid = method
-            fut = self._pending_methods.get(rid)
-            if fut is not None and not fut.done():
-                try:
-                    payload = json.loads(message.payload.decode("utf-8") or "null")
-                except (UnicodeDecodeError, ValueError):
-                    payload = None
-                    status = 400
-                fut.set_result(MethodResult(status, payload))
-            return
-        twin = topics.parse_twin_request_topic(topic)
-        if twin is not None:
-            self._on_twin(conn, device_id, twin, message.payload)
-            return
-        conn.close(f"publish to a topic a device may not use: {topic!r}")
-
-    def _on_telemetry(self, conn: DeviceConnection, device_id: str,
-                      parsed: tuple[str, str | None, str], message: MessageReceived) -> None:
-        topic_device, module_id, bag = parsed
-        if topic_device != device_id:
-            conn.close(f"telemetry for another device ({topic_device!r})")
-            return
-        pairs = topics.decode_property_bag(bag)
-        system = {k: v or "" for k, v in pairs if k.startswith("$.")}
-        props = {k: v for k, v in pairs if not k.startswith("$.")}
-        size = len(message.payload) + sum(len(v or "") for v in system.values()) + sum(
-            len(k) + len(v or "") for k, v in props.items())
-        if size > D2C_LIMIT:
-            conn.close(f"telemetry of {size} bytes is over the 256 KB limit")
-            return
-        self.store.record_telemetry(TelemetryMessage(
-            device_id=device_id, module_id=module_id, body=message.payload,
-            system_properties=system, properties=props, enqueued=time.time()))
-        cond = self._telemetry_event
-        if cond is not None:
-            task = asyncio.ensure_future(_notify(cond))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    def _on_twin(self, conn: DeviceConnection, device_id: str, request: tuple[str, str],
-                 body: bytes) -> None:
-        kind, rid = request
-        now = conn.loop.time()
-        if kind == "GET":
-            doc = self.store.twin(device_id).properties_document()
-            conn.engine.publish(topics.twin_response_topic(200, rid),
-                                json.dumps(doc).encode("utf-8"), 0, now=now)
-        else:
-            try:
-                patch = json.loads(body.decode("utf-8"))
-                if not isinstance(patch, dict):
-                    raise TwinError(400, "the reported patch must be a JSON object")
-                version = self.store.patch_reported(device_id, patch)
-            except (UnicodeDecodeError, ValueError) as exc:
-                conn.engine.publish(topics.twin_response_topic(400, rid),
-                                    json.dumps({"message": str(exc)}).encode(), 0, now=now)
-            except TwinError as exc:
-                conn.engine.publish(topics.twin_response_topic(exc.status, rid),
-                                    json.dumps({"message": str(exc)}).encode(), 0, now=now)
-            else:
-                conn.engine.publish(topics.twin_response_topic(204, rid, version), b"", 0,
-                                    now=now)
-        conn.flush()
-
-    def _deliver_c2d(self, device_id: str) -> None:
-        state = self._devices.get(device_id)
-        conn = state.connection if state else None
-        if state is None or conn is None or conn.engine.state is not State.CONNECTED:
-            return
-        if f"devices/{device_id}/messages/devicebound/#" not in state.subscriptions:
-            return
-        in_flight = set(state.c2d_tokens.values())
-        for message in self.store.pending_c2d(device_id, now=time.time()):
-            if message.lock_token in in_flight:
-                continue
-            system = [("$.mid", message.message_id),
-                      ("$.to", f"/devices/{device_id}/messages/deviceBound")]
-            if message.correlation_id:
-                system.append(("$.cid", message.correlation_id))
-            custom: dict[object, object] = {k: v for k, v in message.properties.items()}
-            if message.ack:
-                custom["iothub-ack"] = message.ack
-            bag = topics.encode_property_bag(system, custom)
-            token = conn.engine.publish(f"devices/{device_id}/messages/devicebound/{bag}",
-                                        message.body, 1, now=conn.loop.time())
-            state.c2d_tokens[token] = message.lock_token
-        conn.flush()
-
-    def _on_acked(self, conn: DeviceConnection, event: PublishAcked) -> None:
-        state = self._devices.get(conn.device_id or "")
-        if state is None:
-            return
-        lock = state.c2d_tokens.pop(event.token, None)
-        if lock is not None and conn.device_id:
-            self.store.complete_c2d(conn.device_id, lock)
-
-    def _on_closed(self, conn: DeviceConnection, reason: str) -> None:
-        timer = self._expiry_timers.pop(conn, None)
-        if timer is not None:
-            timer.cancel()
-        state = self._devices.get(conn.device_id or "")
-        if state is not None and state.connection is conn:
-            state.connection = None
-            state.session = conn.engine.session
-            # Deliveries in flight stay mapped by token: the session re-sends them.
-
-    def _drop(self, device_id: str, reason: str) -> None:
-        state = self._devices.get(device_id)
-        if state is not None and state.connection is not None:
-            state.connection.close(reason)
-
-
-async def _notify(cond: asyncio.Condition) -> None:
-    async with cond:
-        cond.notify_all()
+    async def apatch_desired(self, device_id: str, patch: dict[str, Any], *,
+                             module_id: str | None = None) -> dict[str, Any]:
+        """``patch_desired`` for asyncio callers."""
+        return await self._runner.acall(self.router.patch_desired(device_id, patch, module_id))
 
 
 def _bytes(body: bytes | str) -> bytes:
@@ -731,4 +578,3 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
-
