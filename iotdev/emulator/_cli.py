@@ -67,6 +67,14 @@ def _parser() -> argparse.ArgumentParser:
                        help="state folder (CA, certificates, registry, twins)")
     serve.add_argument("--device", action="append", default=[], metavar="ID[:KEY]",
                        help="register a device (repeatable); a missing key is generated")
+    serve.add_argument("--module", action="append", default=[], metavar="DEVICE/MODULE[:KEY]",
+                       help="register a module identity (repeatable; the device too if new)")
+    serve.add_argument("--edge", action="append", default=[], metavar="DEVICE",
+                       help="play the IoT Edge runtime of DEVICE: workload API on a Unix "
+                       "socket, routes, module-to-module methods (repeatable)")
+    serve.add_argument("--route", action="append", default=[], metavar="[DEVICE:]NAME=ROUTE",
+                       help="an Edge route, e.g. 'up=FROM /messages/* INTO $upstream' "
+                       "(repeatable; replaces the device's stored routes)")
     sub.add_parser("demo", help="the emulator and a sample device, narrated (make demo)")
 
     client = argparse.ArgumentParser(add_help=False)
@@ -88,10 +96,13 @@ def _parser() -> argparse.ArgumentParser:
     invoke.add_argument("payload", nargs="?", default=None, metavar="PAYLOAD_JSON")
     invoke.add_argument("--timeout", type=float, default=30.0, metavar="S",
                         help="seconds to wait for the device's answer (default 30)")
+    invoke.add_argument("--module", metavar="MODULE", help="call a method of this module")
     twin = sub.add_parser("twin", parents=[client], help="show a device twin")
     twin.add_argument("device")
+    twin.add_argument("--module", metavar="MODULE", help="show this module's twin")
     desired = sub.add_parser("desired", parents=[client], help="patch desired properties")
     desired.add_argument("device")
+    desired.add_argument("--module", metavar="MODULE", help="patch this module's twin")
     desired.add_argument("patch", metavar="PATCH_JSON")
     telemetry = sub.add_parser("telemetry", parents=[client],
                                help="print telemetry, one JSON object a line")
@@ -101,6 +112,12 @@ def _parser() -> argparse.ArgumentParser:
     telemetry.add_argument("--since", type=float, default=None, metavar="EPOCH",
                            help="from this time (default: everything, or now with --follow)")
     sub.add_parser("devices", parents=[client], help="list the registered devices")
+    edge_env = sub.add_parser("edge-env", help="print the IOTEDGE_* environment of an Edge "
+                              "module (eval \"$(iotdev-hub edge-env DEVICE/MODULE)\")")
+    edge_env.add_argument("module", metavar="DEVICE/MODULE")
+    edge_env.add_argument("--state", type=Path, default=DEFAULT_STATE,
+                          help="the serving emulator's state folder")
+    edge_env.add_argument("--json", action="store_true", help="one JSON object")
     uploads = sub.add_parser("uploads", parents=[client],
                              help="list the file uploads devices started")
     uploads.add_argument("device", nargs="?", default=None)
@@ -117,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo()
     if args.command == "serve":
         return _serve(args)
+    if args.command == "edge-env":
+        from ._edge_cli import edge_env
+
+        return edge_env(args)
     try:
         client = _ServiceClient(args.url, args.ca)
         return _COMMANDS[args.command](client, args)
@@ -144,6 +165,10 @@ def _serve(args: argparse.Namespace) -> int:
         device_id, _, key = spec.partition(":")
         if hub.store.device(device_id) is None:
             hub.add_device(device_id, primary_key=key or None)
+    from ._edge_cli import print_modules, register_modules
+
+    if register_modules(hub, args) != 0:
+        return 2
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -166,6 +191,7 @@ def _serve(args: argparse.Namespace) -> int:
         if device.primary_key:
             print(f"iotdev-hub: {device.device_id}: "
                   f"{hub.connection_string(device.device_id)}")
+    print_modules(hub, args)
     sys.stdout.flush()
     stop.wait()
     hub.stop()
@@ -289,6 +315,11 @@ def _path(*segments: str) -> str:
     return "".join("/" + quote(segment, safe="") for segment in segments)
 
 
+def _twin_path(args: argparse.Namespace, *rest: str) -> str:
+    module = ("modules", args.module) if args.module else ()
+    return _path("twins", args.device, *module, *rest)
+
+
 def _json_argument(text: str, what: str) -> Any:
     try:
         return json.loads(text)
@@ -328,7 +359,7 @@ def _invoke(client: _ServiceClient, args: argparse.Namespace) -> int:
     payload = None if args.payload is None else _json_argument(args.payload, "PAYLOAD_JSON")
     if not 0 < args.timeout <= 300:
         raise _UsageError("--timeout must be over 0 and at most 300 seconds")
-    result = client.request("POST", _path("twins", args.device, "methods"), document={
+    result = client.request("POST", _twin_path(args, "methods"), document={
         "methodName": args.method, "payload": payload,
         "responseTimeoutInSeconds": args.timeout}, timeout=args.timeout + 15)
     _show(result)
@@ -336,7 +367,7 @@ def _invoke(client: _ServiceClient, args: argparse.Namespace) -> int:
 
 
 def _twin(client: _ServiceClient, args: argparse.Namespace) -> int:
-    _show(client.request("GET", _path("twins", args.device)))
+    _show(client.request("GET", _twin_path(args)))
     return 0
 
 
@@ -344,7 +375,7 @@ def _desired(client: _ServiceClient, args: argparse.Namespace) -> int:
     patch = _json_argument(args.patch, "PATCH_JSON")
     if not isinstance(patch, dict):
         raise _UsageError("PATCH_JSON must be a JSON object")
-    _show(client.request("PATCH", _path("twins", args.device),
+    _show(client.request("PATCH", _twin_path(args),
                          document={"properties": {"desired": patch}}))
     return 0
 
