@@ -28,7 +28,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from iotdev.emulator import Hub
+from iotdev.emulator import Hub, HubConnection, HubObserver
+from iotdev_mqtt import Connect
 
 _IN_CI = os.environ.get("CI", "").lower() in ("true", "1")
 
@@ -118,10 +119,11 @@ def _run(call: Callable[..., T], *args: Any, timeout: float = TIMEOUT) -> T:
 
 
 def _edge_client(hub: Hub, module_id: str, monkeypatch: pytest.MonkeyPatch,
-                 cls: Any = None) -> Any:
+                 cls: Any = None, **kwargs: Any) -> Any:
     for name, value in hub.edge_environment(EDGE, module_id).items():
         monkeypatch.setenv(name, value)
-    return (cls or ModuleClient).create_from_edge_environment(connection_retry=False)
+    kwargs.setdefault("connection_retry", False)
+    return (cls or ModuleClient).create_from_edge_environment(**kwargs)
 
 
 class Inbox:
@@ -355,3 +357,27 @@ def test_edge_routes_and_modules_persist(tmp_path: Path) -> None:
         assert socket_path.is_socket()
         env = second.edge_environment("e", "a")
         assert env["IOTEDGE_WORKLOADURI"] == f"unix://{socket_path}"
+
+
+def test_sas_renewal_is_signed_by_the_workload_api(hub: Hub,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    passwords = Inbox()
+
+    class Connects(HubObserver):
+        def on_connect(self, conn: HubConnection, packet: Connect,
+                       refusal: str | None) -> None:
+            if packet.client_id == f"{EDGE}/filter" and refusal is None:
+                passwords.add(packet.password)
+
+    watcher = Connects()
+    hub.add_observer(watcher)
+    # azure-iot-device renews 120 s before expiry: a 123 s token renews after ~3 s.
+    client = _edge_client(hub, "filter", monkeypatch, sastoken_ttl=123)
+    try:
+        _run(client.connect)
+        first, second = passwords.wait(2)[:2]
+        assert first != second  # a new token, accepted: signed with the module's key
+        _run(client.send_message, "after renewal")
+    finally:
+        _run(client.shutdown)
+        hub.remove_observer(watcher)
