@@ -337,3 +337,43 @@ def test_modules_and_module_twins_survive_a_restart(tmp_path: Any) -> None:
         assert second.store.modules() == []
     state = json.loads((tmp_path / "state.json").read_text())
     assert state["modules"] == []
+
+
+def test_service_api_module_registry_twins_and_methods(tmp_path: Any) -> None:
+    import http.client
+    import ssl
+
+    with Hub(mqtt_port=0, ws_port=None, http_port=0, state_dir=tmp_path) as hub:
+        hub.add_device("sd")
+        assert hub.http_port is not None
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", hub.http_port, timeout=TIMEOUT,
+            context=ssl.create_default_context(cadata=hub.ca_pem))
+
+        def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+            conn.request(method, path + "?api-version=2021-04-12",
+                         body=None if body is None else json.dumps(body))
+            response = conn.getresponse()
+            return response.status, json.loads(response.read() or b"null")
+
+        try:
+            status, created = call("PUT", "/devices/sd/modules/m1", {})
+            assert status == 200 and created["moduleId"] == "m1"
+            assert created["authentication"]["type"] == "sas"
+            assert created["connectionState"] == "Disconnected"
+            assert call("GET", "/devices/sd/modules")[1] == [created]
+            assert call("GET", "/devices/sd/modules/m1")[1] == created
+            assert call("GET", "/devices/sd/modules/zz")[0] == 404
+            assert call("PUT", "/devices/nobody/modules/m1", {})[0] == 404
+            status, twin = call("PATCH", "/twins/sd/modules/m1",
+                                {"properties": {"desired": {"x": 1}}, "tags": {"t": "a"}})
+            assert status == 200 and twin["moduleId"] == "m1"
+            assert twin["properties"]["desired"] == {"x": 1, "$version": 2}
+            assert twin["tags"] == {"t": "a"}
+            assert call("GET", "/twins/sd")[1]["properties"]["desired"] == {"$version": 1}
+            status, error = call("POST", "/twins/sd/modules/m1/methods",
+                                 {"methodName": "m", "responseTimeoutInSeconds": 1})
+            assert status == 404 and "DeviceNotOnline" in error["Message"]
+            assert "module 'sd/m1'" in error["Message"]
+        finally:
+            conn.close()
