@@ -172,3 +172,19 @@ def test_edge_env_refuses_what_it_cannot_answer(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "no emulator state here" in missing.stderr
     bad = _cli("edge-env", "just-a-device", "--state", str(tmp_path))
     assert bad.returncode == 2 and "DEVICE/MODULE" in bad.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--module", "no-slash"], "expected DEVICE/MODULE[:KEY]"),
+    (["--module", "d/m:not base64!"], "not valid base64"),
+    (["--route", "up=FROM /messages/* INTO $upstream"], "unless exactly one --edge"),
+    (["--edge", "e", "--route", "bad=FROM /messages/* INTO nowhere"], "unknown sink"),
+    (["--edge", "e", "--route", "x:up=FROM /messages/* INTO $upstream"],
+     "'x' is not an --edge device"),
+])
+def test_serve_refuses_bad_module_and_edge_arguments(tmp_path: Path, args: list[str],
+                                                     message: str) -> None:
+    done = _cli("serve", "--mqtt-port", "0", "--ws-port", "-1", "--http-port", "-1",
+                "--state", str(tmp_path / "s"), *args)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr

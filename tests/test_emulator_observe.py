@@ -52,6 +52,7 @@ class Recorder(HubObserver):
         self.subscribe_verdict: Verdict | None = None
         self.twin_verdict: Verdict | None = None
         self.abort_payload: bytes | None = None
+        self.hold_payload: bytes | None = None
 
     def _add(self, name: str, value: Any) -> None:
         with self.cond:
@@ -82,6 +83,8 @@ class Recorder(HubObserver):
 
     def on_publish(self, conn: HubConnection, message: MessageReceived) -> Verdict | None:
         self._add("publish", (message.topic, message.payload))
+        if message.payload == self.hold_payload:
+            return Verdict.HOLD
         return Verdict.ABORT if message.payload == self.abort_payload else None
 
     def on_twin_request(self, conn: HubConnection, kind: str, request_id: str,
@@ -144,6 +147,9 @@ def test_observer_holds_the_suback_and_the_twin_answer(hub: Hub) -> None:
         recorder.twin_verdict = None
         client.publish("$iothub/twin/GET/?$rid=2", b" ", 1).result(TIMEOUT)
         recorder.wait("twin", 2)
+        recorder.hold_payload = b"ignored"
+        with pytest.raises(TimeoutError):  # held: no PUBACK
+            client.publish("devices/d2/messages/events/", b"ignored", 1).result(0.5)
         deadline = time.monotonic() + TIMEOUT
         while not got and time.monotonic() < deadline:
             time.sleep(0.01)

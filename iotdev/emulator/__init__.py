@@ -16,10 +16,11 @@ Command line: ``iotdev-hub serve`` / ``python -m iotdev.emulator serve``.
 
 from __future__ import annotations
 
+from ._edge import EdgeDevice
 from ._files import FileUpload
 from ._hub import Hub, MethodResult
 from ._observer import HubConnection, HubObserver, Verdict
 from ._store import C2DMessage, Device, Module, TelemetryMessage, Twin
 
-__all__ = ["C2DMessage", "Device", "FileUpload", "Hub", "HubConnection", "HubObserver",
-           "MethodResult", "Module", "TelemetryMessage", "Twin", "Verdict"]
+__all__ = ["C2DMessage", "Device", "EdgeDevice", "FileUpload", "Hub", "HubConnection",
+           "HubObserver", "MethodResult", "Module", "TelemetryMessage", "Twin", "Verdict"]

@@ -66,7 +66,8 @@ class DeviceConnection(asyncio.Protocol):
         # connect_timeout seconds, and at most MAX_CONNECT_SIZE bytes of it.
         self.engine = ServerConnection(now=self.loop.time(), connect_timeout=connect_timeout,
                                        max_packet_size=max_packet_size,
-                                       max_connect_size=MAX_CONNECT_SIZE)
+                                       max_connect_size=MAX_CONNECT_SIZE,
+                                       auto_ack=False)  # the router acks what it accepts
         self.transport: asyncio.Transport | None = None
         self.device_id: str | None = None
         self.module_id: str | None = None

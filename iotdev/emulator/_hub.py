@@ -91,6 +91,7 @@ class Hub:
             composed next to the hub (a DPS, the Edge mode) use to reach
             connected clients.
         identity: the CONNECT and HTTP credential checks (``IdentityChecks``).
+        edge: the Edge devices the hub plays the runtime of (``EdgeRuntime``).
     """
 
     def __init__(
@@ -260,6 +261,7 @@ class Hub:
         ctx = self.server_context()
         loop = asyncio.get_running_loop()
         router = self.router
+        router.start()
 
         def mqtt(tls: Any = None, websocket: bool = False) -> DeviceConnection:
             return DeviceConnection(router, ctx, websocket=websocket, tls=tls,

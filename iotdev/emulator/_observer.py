@@ -45,7 +45,7 @@ class HubConnection(Protocol):
         device_id: the authenticated device (``None`` before CONNECT is accepted).
         module_id: the authenticated module, or ``None`` for a device.
         peer: ``address:port`` of the client.
-        transport: ``"mqtt"`` (MQTT over TLS) or ``"mqtt-ws"`` (over WebSocket).
+        transport_name: ``"mqtt"`` (MQTT over TLS) or ``"mqtt-ws"`` (over WebSocket).
     """
 
     device_id: str | None

@@ -150,6 +150,12 @@ class Router:
         self._expiry_timers: dict[RoutedConnection, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def start(self) -> None:
+        """Called on the hub's (new) event loop before it serves: loop-bound
+        state is made afresh, so a stopped hub can start again."""
+        self.telemetry_changed = asyncio.Condition()
+        self._tasks.clear()
+
     # ----------------------------------------------------------- observers
 
     def _ask(self, call: Callable[[HubObserver], Verdict | None]) -> Verdict:
@@ -292,6 +298,9 @@ class Router:
         if message.qos == 2:
             conn.close("QoS 2 is not supported by IoT Hub")
             return
+        if message.qos == 1 and message.packet_id is not None:
+            # Accepted: PUBACK (queued before any answer, as on receipt).
+            conn.engine.ack(message.packet_id, now=conn.loop.time())
         topic = message.topic
         telemetry = topics.parse_telemetry_topic(topic)
         if telemetry is not None:
