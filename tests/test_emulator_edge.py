@@ -381,3 +381,81 @@ def test_sas_renewal_is_signed_by_the_workload_api(hub: Hub,
     finally:
         _run(client.shutdown)
         hub.remove_observer(watcher)
+
+
+def test_edge_module_over_websockets_invokes_a_device_method(
+        hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    from azure.iot.device import IoTHubDeviceClient
+
+    hub.add_device("leafless-1")
+    device = IoTHubDeviceClient.create_from_connection_string(
+        hub.connection_string("leafless-1"), server_verification_cert=hub.ca_pem)
+    calls = Inbox()
+
+    def on_method(request: Any) -> None:
+        calls.add(request.name)
+        device.send_method_response(MethodResponse.create_from_method_request(
+            request, 201, {"from": "device"}))
+
+    device.on_method_request_received = on_method
+    filt = _edge_client(hub, "filter", monkeypatch, websockets=True)
+    start = len(hub.telemetry(EDGE))
+    try:
+        _run(device.connect)
+        _run(filt.connect)
+        assert hub.is_connected(EDGE, "filter")
+        answer = _run(filt.invoke_method, {"methodName": "reboot",
+                                           "responseTimeoutInSeconds": 10}, "leafless-1")
+        assert answer == {"status": 201, "payload": {"from": "device"}}
+        assert calls.wait() == ["reboot"]
+        alert = Message("over wss")
+        alert.custom_properties = {"level": "high"}
+        _run(filt.send_message_to_output, alert, "alerts")
+        (arrived,) = hub.wait_for_telemetry(EDGE, start + 1, timeout=TIMEOUT)[start:]
+        assert (arrived.module_id, arrived.body) == ("filter", b"over wss")
+    finally:
+        _run(filt.shutdown)
+        _run(device.shutdown)
+
+
+@pytest.mark.parametrize("case", ["no token", "no module header", "token of another module",
+                                  "not an Edge module"])
+def test_module_to_module_method_refusals(hub: Hub, case: str) -> None:
+    import ssl
+    import time
+
+    from iotdev._auth import device_resource_uri, generate_sas_token
+
+    if hub.store.module("plain-9", "p") is None:
+        hub.add_device("plain-9")
+        hub.add_module("plain-9", "p")
+
+    def token(device_id: str, module_id: str) -> str:
+        module = hub.store.module(device_id, module_id)
+        assert module is not None and module.primary_key is not None
+        return generate_sas_token(device_resource_uri(HUB_NAME, device_id, module_id),
+                                  module.primary_key, int(time.time() + 60))
+
+    headers = {"x-ms-edge-moduleId": f"{EDGE}/filter",
+               "Authorization": token(EDGE, "filter"), "Content-Type": "application/json"}
+    if case == "no token":
+        del headers["Authorization"]
+    elif case == "no module header":
+        del headers["x-ms-edge-moduleId"]
+    elif case == "token of another module":
+        headers["Authorization"] = token(EDGE, "sink")
+    else:
+        headers.update({"x-ms-edge-moduleId": "plain-9/p", "Authorization": token("plain-9",
+                                                                                    "p")})
+    conn = http.client.HTTPSConnection(ADDRESS, 443, timeout=TIMEOUT,
+                                       context=ssl.create_default_context(cadata=hub.ca_pem))
+    try:
+        conn.request("POST", f"/twins/{EDGE}/modules/sink/methods?api-version=2019-10-01",
+                     body=json.dumps({"methodName": "m", "responseTimeoutInSeconds": 5}),
+                     headers=headers)
+        response = conn.getresponse()
+        body = json.loads(response.read())
+    finally:
+        conn.close()
+    assert response.status == 401, body
+    assert "IotHubUnauthorizedAccess" in body["Message"]
