@@ -187,6 +187,7 @@ def test_module_from_connection_string_telemetry_twin_and_method(hub: Hub) -> No
 def test_x509_module(hub: Hub) -> None:
     hub.add_device("plain-2")
     cert = hub.add_x509_module("plain-2", "xm")
+    assert cert.cert_file == hub.state_dir / "modules" / "plain-2" / "xm.pem"
     client = ModuleClient.create_from_x509_certificate(
         X509(str(cert.cert_file), str(cert.key_file)), ADDRESS, "plain-2", "xm",
         server_verification_cert=hub.ca_pem)

@@ -420,7 +420,7 @@ class Hub:
         """
         if self.certs is None:
             raise RuntimeError("start() the hub first: the CA is made on start")
-        cert = issue_device_certificate(self.state_dir, f"{device_id}/{module_id}")
+        cert = issue_device_certificate(self.state_dir, device_id, module_id=module_id)
         self.store.add_module(device_id, module_id,
                               x509_thumbprints=(cert.sha256_thumbprint,))
         return cert

@@ -35,11 +35,12 @@ def thumbprints(der: bytes) -> tuple[str, str]:
     return hashlib.sha1(der).hexdigest().upper(), hashlib.sha256(der).hexdigest().upper()
 
 
-def issue_device_certificate(state_dir: Path, device_id: str, *,
-                             days: int = 365) -> DeviceCertificate:
-    """Issue a client certificate (CN = device id) signed by the emulator's CA
-    (``ca.pem`` / ``ca.key`` in ``state_dir``); files go to
-    ``state_dir/devices/{device_id}.pem`` and ``.key``."""
+def issue_device_certificate(state_dir: Path, device_id: str, *, days: int = 365,
+                             module_id: str | None = None) -> DeviceCertificate:
+    """Issue a client certificate (CN = device id, or ``{device}/{module}``)
+    signed by the emulator's CA (``ca.pem`` / ``ca.key`` in ``state_dir``);
+    files go to ``state_dir/devices/{device_id}.pem`` and ``.key`` (a
+    module's to ``state_dir/modules/{device_id}/{module_id}.pem``)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -54,7 +55,8 @@ def issue_device_certificate(state_dir: Path, device_id: str, *,
     now = datetime.datetime.now(_UTC)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
+        .subject_name(x509.Name([x509.NameAttribute(
+            NameOID.COMMON_NAME, device_id if module_id is None else f"{device_id}/{module_id}")]))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -64,11 +66,15 @@ def issue_device_certificate(state_dir: Path, device_id: str, *,
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    folder = state_dir / "devices"
-    folder.mkdir(exist_ok=True)
-    safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in device_id)
-    cert_file = folder / f"{safe}.pem"
-    key_file = folder / f"{safe}.key"
+    def safe(name: str) -> str:
+        return "".join(c if c.isalnum() or c in "-._" else "_" for c in name)
+
+    folder = state_dir / "devices" if module_id is None else \
+        state_dir / "modules" / safe(device_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    safe_name = safe(device_id if module_id is None else module_id)
+    cert_file = folder / f"{safe_name}.pem"
+    key_file = folder / f"{safe_name}.key"
     write_file_atomically(cert_file, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     write_file_atomically(key_file, key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
