@@ -10,6 +10,9 @@
         hub.invoke_method("dev1", "reboot", {"delay": 5})
         hub.patch_desired("dev1", {"rate": 5})
         hub.send_c2d("dev1", b"hello")
+        hub.add_module("dev1", "filter")               # module identities and twins
+        hub.add_edge_device("edge-1", routes={"up": "FROM /messages/* INTO $upstream"})
+        hub.add_observer(my_observer)                  # see and steer the protocol (tests)
 
 Command line: ``iotdev-hub serve`` / ``python -m iotdev.emulator serve``.
 """

@@ -17,6 +17,8 @@ The parts, one job each:
   WebSocket or the device HTTP API (``_files.DeviceAPI``: file upload, blobs)
   on the device port, as IoT Hub's 443 does;
 * ``_service.ServiceAPI``: the HTTPS service API (optional);
+* ``_edge.EdgeRuntime``: the Edge mode (workload API, routes, module-to-module
+  methods) for the devices ``add_edge_device`` names;
 * ``_loop.LoopThread``: the event loop on a background thread (so sync and
   async tests can both drive the hub).
 
