@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._auth import derive_device_key
 from ._errors import (
     ClientError,
     ConnectionDroppedError,
@@ -29,6 +30,8 @@ from ._errors import (
     WebSocketUpgradeError,
 )
 from ._models import Message, MethodRequest, MethodResponse
+from ._provisioning import RegistrationResult, RegistrationState
+from ._provisioning_client import ProvisioningDeviceClient
 from ._sync_client import IoTHubDeviceClient
 from .transport import X509
 
@@ -59,15 +62,19 @@ __all__ = [
     "NoConnectionError",
     "OperationCancelled",
     "OperationTimeout",
+    "ProvisioningDeviceClient",
     "ProvisioningServiceError",
     "ProxyAuthenticationError",
     "ProxyError",
     "ProxyOptions",
+    "RegistrationResult",
+    "RegistrationState",
     "ServiceError",
     "TLSError",
     "TLSVerificationError",
     "WebSocketUpgradeError",
     "__version__",
+    "derive_device_key",
 ]
 
 __version__ = "0.1.0"
