@@ -16,6 +16,7 @@ Facts (Microsoft's "Communicate with DPS using MQTT"; azure-iot-device 2.14):
 
 from __future__ import annotations
 
+import math
 from urllib.parse import quote, unquote, urlencode
 
 __all__ = [
@@ -96,10 +97,12 @@ def poll_topic(rid: str, operation_id: str) -> str:
 
 
 def response_topic(status: int, rid: str, retry_after: float | None = None) -> str:
-    """The topic DPS answers on (for the emulator)."""
+    """The topic DPS answers on (for the emulator).  ``retry-after`` goes out
+    in whole seconds, rounded up, as DPS sends it: azure-iot-device parses it
+    with ``int()`` and fails on ``0.5``."""
     topic = f"{RESPONSE_PREFIX}{status}/?$rid={quote(rid, safe='')}"
     if retry_after is not None:
-        topic += f"&retry-after={retry_after:g}"
+        topic += f"&retry-after={math.ceil(retry_after)}"
     return topic
 
 

@@ -33,7 +33,7 @@ MODEL = "dtmi:com:example:Thermostat;1"
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[tuple[Hub, Dps]]:
     with Hub(mqtt_port=0, ws_port=0, state_dir=tmp_path) as hub, \
-            Dps.for_hub(hub, id_scope=SCOPE, mqtt_port=0, ws_port=0, retry_after=0.1,
+            Dps.for_hub(hub, id_scope=SCOPE, mqtt_port=0, ws_port=0, retry_after=0,
                         assigning_polls=1) as dps:
         yield hub, dps
 
@@ -109,7 +109,7 @@ def test_throttled_then_assigned(env: tuple[Hub, Dps]) -> None:
     _, dps = env
     enrollment = dps.add_enrollment("dev-t")
     assert enrollment.primary_key is not None
-    dps.throttle(2, retry_after=0.2)
+    dps.throttle(2, retry_after=1)
     client = ProvisioningDeviceClient.create_from_symmetric_key(
         "127.0.0.1", "dev-t", SCOPE, enrollment.primary_key, **options(dps))
     assert client.register(timeout=30).status == "assigned"
@@ -179,7 +179,7 @@ def test_asyncio_group_and_telemetry(env: tuple[Hub, Dps]) -> None:
         result = await client.register(timeout=30)
         assert result.registration_state is not None
         assert result.registration_state.device_id == "a-dev"
-        dps.throttle(1, retry_after=0.1)
+        dps.throttle(1, retry_after=1)
         device = await client.create_device_client(timeout=30, port=hub.ws_port,
                                                    force_register=True)
         try:

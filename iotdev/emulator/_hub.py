@@ -176,6 +176,8 @@ class Hub:
         self._blobs = BlobStore(self.state_dir / "blobs", upload_container,
                                 on_write=self._uploads.blob_written)
         self._device_api: DeviceAPI | None = None
+        # --- Plug and Play: the model id of each device's last CONNECT ---
+        self.model_ids: dict[str, str] = {}
 
     # ----------------------------------------------------------- lifecycle
 
@@ -418,7 +420,8 @@ class Hub:
     async def _get_twin(self, device_id: str) -> dict[str, Any]:
         twin = self.store.twin(device_id)
         doc = twin.properties_document()
-        return {"deviceId": device_id, "tags": dict(twin.tags), "properties": doc}
+        return {"deviceId": device_id, "modelId": self.model_ids.get(device_id, ""),
+                "tags": dict(twin.tags), "properties": doc}
 
     def patch_desired(self, device_id: str, patch: dict[str, Any]) -> dict[str, Any]:
         """Update desired properties; a subscribed device gets the patch."""
@@ -493,6 +496,7 @@ class Hub:
             state.connection.close("another connection of the same device")  # takeover
         state.connection = conn
         conn.device_id = device.device_id
+        self._note_model_id(device.device_id, packet.username)  # Plug and Play
         resume = not packet.clean_session and state.session is not None
         if packet.clean_session:
             state.session = None
@@ -508,6 +512,15 @@ class Hub:
             self._expiry_timers[conn] = conn.loop.call_later(
                 delay, conn.close, "the SAS token expired")
         self._deliver_c2d(device.device_id)
+
+    def _note_model_id(self, device_id: str, username: str | None) -> None:
+        """Plug and Play: remember the ``model-id`` of the user name (the twin's
+        ``modelId``, ``""`` for a device that announces none)."""
+        try:
+            _, _, params = parse_username(username or "")
+        except ValueError:
+            return
+        self.model_ids[device_id] = params.get("model-id", "")
 
     @staticmethod
     def _check_username(username: str, client_id: str) -> str | None:
