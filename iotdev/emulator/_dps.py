@@ -148,6 +148,7 @@ class DpsLogic:
         """
         if username is None:
             return "no user name"
+        self.store.refresh()  # enrollments edited by the CLI meanwhile
         try:
             scope, registration_id, _ = topics.parse_username(username)
         except ValueError as exc:

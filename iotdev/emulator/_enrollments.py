@@ -105,8 +105,24 @@ class EnrollmentStore:
         self.enrollments: dict[str, Enrollment] = {}
         self.groups: dict[str, GroupEnrollment] = {}
         self.registrations: dict[str, Registration] = {}
-        if self._path is not None and self._path.exists():
-            self._load()
+        self._mtime: int | None = None
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Reload the file if another process (the CLI) changed it."""
+        if self._path is None:
+            return
+        try:
+            mtime = self._path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return
+        with self._lock:
+            if mtime != self._mtime:
+                self.enrollments.clear()
+                self.groups.clear()
+                self.registrations.clear()
+                self._load()
+                self._mtime = mtime
 
     # ------------------------------------------------------------ changes
 
@@ -212,6 +228,7 @@ class EnrollmentStore:
         tmp = self._path.with_suffix(".tmp")
         tmp.write_text(json.dumps(document, indent=1, sort_keys=True), encoding="utf-8")
         os.replace(tmp, self._path)
+        self._mtime = self._path.stat().st_mtime_ns
 
     def _load(self) -> None:
         assert self._path is not None
