@@ -194,3 +194,23 @@ def test_asyncio_group_and_telemetry(env: tuple[Hub, Dps]) -> None:
             await wrong.register(timeout=30)
 
     asyncio.run(main())
+
+
+def test_no_thread_left_behind(env: tuple[Hub, Dps]) -> None:
+    import threading
+
+    _, dps = env
+    enrollment = dps.add_enrollment("dev-threads")
+    assert enrollment.primary_key is not None
+    before = {t for t in threading.enumerate() if t.name.startswith("iotdev-")}
+    good = ProvisioningDeviceClient.create_from_symmetric_key(
+        "127.0.0.1", "dev-threads", SCOPE, enrollment.primary_key, **options(dps))
+    bad = ProvisioningDeviceClient.create_from_symmetric_key(
+        "127.0.0.1", "dev-threads", SCOPE, derive_device_key(enrollment.primary_key, "x"),
+        **options(dps))
+    for _ in range(3):
+        good.register(timeout=30)
+        with pytest.raises(CredentialError):
+            bad.register(timeout=30)
+    after = {t for t in threading.enumerate() if t.name.startswith("iotdev-")}
+    assert after <= before

@@ -16,9 +16,10 @@ Command line: ``iotdev-hub serve`` / ``python -m iotdev.emulator serve``.
 
 from __future__ import annotations
 
+from ._dps import Dps
 from ._files import FileUpload
 from ._hub import Hub, MethodResult
 from ._store import C2DMessage, Device, TelemetryMessage, Twin
 
-__all__ = ["C2DMessage", "Device", "FileUpload", "Hub", "MethodResult", "TelemetryMessage",
+__all__ = ["C2DMessage", "Device", "Dps", "FileUpload", "Hub", "MethodResult", "TelemetryMessage",
            "Twin"]
