@@ -287,8 +287,13 @@ class ProvisioningFlow:
     def finished(self) -> bool:
         return self.phase in (Phase.DONE, Phase.FAILED)
 
-    def start(self, now: float) -> None:
+    def start(self, now: float, *, began: float | None = None) -> None:
         """Begin: queue the registration request.
+
+        Args:
+            now: the current time.
+            began: when the whole call began (before connecting), if earlier
+                than ``now``: the whole-call ``timeout`` counts from it.
 
         Raises:
             RuntimeError: already started.
@@ -296,7 +301,7 @@ class ProvisioningFlow:
         if self.phase is not Phase.IDLE:
             raise RuntimeError(f"start() in {self.phase.name}")
         if self.timeout is not None:
-            self._deadline = now + self.timeout
+            self._deadline = (now if began is None else min(began, now)) + self.timeout
         self._move("start")
         self._send(now)
 

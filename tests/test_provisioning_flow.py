@@ -297,3 +297,23 @@ def test_user_name_and_topics_as_v2() -> None:
         (202, {"$rid": "x", "retry-after": "3"})
     with pytest.raises(ValueError):
         topics.parse_response_topic("$dps/registrations/res/202/?$rid=x&$rid=y")
+
+
+def test_whole_call_timeout_counts_from_the_beginning_of_the_call() -> None:
+    flow = ProvisioningFlow("dev1", timeout=10, make_rid=lambda: "r1")
+    flow.start(4.0, began=1.0)  # three seconds went into connecting
+    assert flow.next_deadline() == 11.0
+    flow.tick(11.0)
+    assert isinstance(flow.error, OperationTimeout)
+
+
+def test_calls_out_of_order_are_refused() -> None:
+    flow = ProvisioningFlow("dev1", make_rid=lambda: "r1")
+    assert not flow.receive(topics.response_topic(200, "r1"), b"{}", 0.0)  # not started
+    flow.tick(100.0)  # nothing to do before start
+    assert flow.phase is Phase.IDLE and flow.next_deadline() is None
+    flow.start(0.0)
+    with pytest.raises(RuntimeError, match="AWAITING"):
+        flow.start(1.0)
+    with pytest.raises(ValueError):
+        ProvisioningFlow("dev1", timeout=0)

@@ -87,7 +87,7 @@ class ProvisioningDeviceClient(ProvisioningClientBase):
             if not codes or codes[0] == 0x80:
                 raise ClientError("the provisioning service refused the subscription to "
                                   f"{topics.RESPONSE_SUBSCRIBE_FILTER}")
-            flow.start(loop.time())
+            flow.start(loop.time(), began=start)
             while True:
                 for request in flow.requests_to_send():
                     driver.publish(request.topic, request.payload, 1, False).add_done_callback(
