@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 from . import _dps_topics as topics
 from ._auth import decode_symmetric_key, default_user_agent, generate_sas_token
+from ._errors import ProvisioningServiceError
 from ._provisioning import RegistrationResult
 from .transport._credentials import X509
 from .transport._endpoint import Endpoint
@@ -228,3 +229,20 @@ class ProvisioningClientBase:
     @provisioning_payload.setter
     def provisioning_payload(self, provisioning_payload: Any) -> None:
         self._provisioning_payload = provisioning_payload
+
+    def _device_client(self, client_class: Any, result: RegistrationResult,
+                       device_options: dict[str, Any]) -> Any:
+        """An ``IoTHubDeviceClient`` (of ``client_class``, sync or asyncio) for
+        the assigned hub, authenticating as this client does."""
+        state = result.registration_state
+        if state is None or not state.assigned_hub or not state.device_id:
+            raise ProvisioningServiceError(
+                "the registration result names no assigned hub or device id",
+                body=result.to_operation_status())
+        config = self._config
+        options = config.device_client_options(self._provisioning_payload, device_options)
+        if config.x509 is not None:
+            return client_class.create_from_x509_certificate(
+                config.x509, state.assigned_hub, state.device_id, **options)
+        return client_class.create_from_symmetric_key(
+            config.symmetric_key, state.assigned_hub, state.device_id, **options)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -214,3 +215,27 @@ def test_no_thread_left_behind(env: tuple[Hub, Dps]) -> None:
             bad.register(timeout=30)
     after = {t for t in threading.enumerate() if t.name.startswith("iotdev-")}
     assert after <= before
+
+
+def test_a_second_register_while_one_runs_is_refused(env: tuple[Hub, Dps]) -> None:
+    import threading
+
+    _, dps = env
+    enrollment = dps.add_enrollment("dev-busy")
+    assert enrollment.primary_key is not None
+    client = ProvisioningDeviceClient.create_from_symmetric_key(
+        "127.0.0.1", "dev-busy", SCOPE, enrollment.primary_key, **options(dps))
+    dps.throttle(1, retry_after=2)  # keeps the first call waiting 2 s
+    outcome: list[object] = []
+    first = threading.Thread(target=lambda: outcome.append(client.register(timeout=30)))
+    first.start()
+    try:
+        deadline = time.monotonic() + 10
+        while dps.logic.throttled and time.monotonic() < deadline:
+            first.join(0.01)  # until the first call's request got its 429
+        assert dps.logic.throttled == 0
+        with pytest.raises(iotdev.ClientError, match="already in progress"):
+            client.register(timeout=30)
+    finally:
+        first.join(30)
+    assert len(outcome) == 1 and getattr(outcome[0], "status", None) == "assigned"

@@ -134,18 +134,8 @@ class ProvisioningDeviceClient(ProvisioningClientBase):
                 result = await self.register(timeout=timeout)
                 if cache_path is not None:
                     write_cache(cache_path, self._config, result)
-            state = result.registration_state
-            assert state is not None and state.assigned_hub and state.device_id
-            options = self._config.device_client_options(self._provisioning_payload,
-                                                         device_options)
-            client: IoTHubDeviceClient
-            if self._config.x509 is not None:
-                client = IoTHubDeviceClient.create_from_x509_certificate(
-                    self._config.x509, state.assigned_hub, state.device_id, **options)
-            else:
-                assert self._config.symmetric_key is not None
-                client = IoTHubDeviceClient.create_from_symmetric_key(
-                    self._config.symmetric_key, state.assigned_hub, state.device_id, **options)
+            client: IoTHubDeviceClient = self._device_client(IoTHubDeviceClient, result,
+                                                             device_options)
             try:
                 await client.connect(timeout=timeout)
             except (CredentialError, ConnectionFailedError, OperationTimeout):

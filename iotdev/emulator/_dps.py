@@ -283,6 +283,8 @@ class DpsLogic:
             payload=payload,
             group_id=attestation.group.group_id if attestation.group else None)
         self.store.record(record)
+        log.info("DPS assigned %s (device %s) to %s (registration %d)", registration_id,
+                 device_id, record.assigned_hub, record.count)
         state = {"registrationId": registration_id, "createdDateTimeUtc": record.created,
                  "assignedHub": record.assigned_hub, "deviceId": device_id,
                  "status": "assigned",
