@@ -85,6 +85,7 @@ def test_group_key_create_device_client_and_cache(env: tuple[Hub, Dps], tmp_path
     cache = tmp_path / "assignment.json"
     device = client.create_device_client(cache_path=cache, timeout=30, port=hub.mqtt_port)
     send_and_check(hub, device, "sensor-9")
+    assert key not in cache.read_text() and oct(cache.stat().st_mode & 0o777) == "0o600"
     assert dps.logic.requests == 3  # register, poll (assigning), poll
     device = client.create_device_client(cache_path=cache, timeout=30, port=hub.mqtt_port)
     device.shutdown()
@@ -104,6 +105,10 @@ def test_x509_enrollment(env: tuple[Hub, Dps]) -> None:
         "127.0.0.1", "x509-dev", SCOPE, x509, **options(dps))
     device = client.create_device_client(timeout=30, port=hub.mqtt_port)
     send_and_check(hub, device, "x509-dev")
+    stranger = ProvisioningDeviceClient.create_from_x509_certificate(
+        "127.0.0.1", "not-enrolled", SCOPE, x509, **options(dps))
+    with pytest.raises(CredentialError):
+        stranger.register(timeout=30)
 
 
 def test_throttled_then_assigned(env: tuple[Hub, Dps]) -> None:

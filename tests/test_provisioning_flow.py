@@ -317,3 +317,47 @@ def test_calls_out_of_order_are_refused() -> None:
         flow.start(1.0)
     with pytest.raises(ValueError):
         ProvisioningFlow("dev1", timeout=0)
+
+
+def test_enrollments_persist_and_reload(tmp_path: Any) -> None:
+    store = EnrollmentStore(tmp_path)
+    store.add_enrollment("dev1", primary_key=KEY, initial_twin={"tags": {"a": 1}})
+    store.add_group("g1", primary_key=KEY, secondary_key=KEY)
+    other = EnrollmentStore(tmp_path)  # another process (the CLI)
+    assert other.enrollments["dev1"].primary_key == KEY
+    assert other.enrollments["dev1"].initial_twin == {"tags": {"a": 1}}
+    other.set_enabled("g1", False)
+    store.refresh()
+    assert not store.groups["g1"].enabled
+    (tmp_path / "dps.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a valid DPS state file"):
+        EnrollmentStore(tmp_path)
+    with pytest.raises(ValueError):
+        store.add_enrollment("x", primary_key="c2hvcnQ=")  # 5 bytes
+    with pytest.raises(ValueError):
+        store.add_enrollment("x", primary_key=KEY, x509_thumbprints=["AB" * 20])
+
+
+def test_dps_refuses_other_topics_and_foreign_operations() -> None:
+    logic, _ = dps(retry_after=0)
+    logic.store.add_enrollment("dev1", primary_key=KEY)
+    logic.store.add_enrollment("dev2", primary_key=KEY)
+    who = logic.authenticate("dev1", topics.build_username(SCOPE, "dev1", "t"),
+                             token("dev1", KEY), None, time.time())
+    other = logic.authenticate("dev2", topics.build_username(SCOPE, "dev2", "t"),
+                               token("dev2", KEY), None, time.time())
+    assert isinstance(who, Attestation) and isinstance(other, Attestation)
+    assert logic.handle(who, "devices/dev1/messages/events/", b"", 0.0) is None
+    [(topic, body)] = logic.handle(who, topics.register_topic("a"),
+                                   registration_body("dev2", None), 0.0) or []
+    assert topic.startswith("$dps/registrations/res/400/")  # another registration id
+    [(topic, body)] = logic.handle(who, topics.register_topic("b"),
+                                   registration_body("dev1", None), 0.0) or []
+    operation = json.loads(body)["operationId"]
+    [(topic, _)] = logic.handle(other, topics.poll_topic("c", operation), b" ", 0.0) or []
+    assert topic.startswith("$dps/registrations/res/404/")  # not dev2's operation
+    assert logic.authenticate("dev1", topics.build_username("0neOTHER", "dev1", "t"),
+                              token("dev1", KEY), None, time.time()) == \
+        "unknown id scope '0neOTHER'"
+    assert "another registration id" in str(logic.authenticate(
+        "dev2", topics.build_username(SCOPE, "dev1", "t"), token("dev1", KEY), None, 0))
