@@ -56,7 +56,8 @@ def send_and_check(hub: Hub, client: iotdev.IoTHubDeviceClient, device_id: str) 
 def test_individual_symmetric_key_payload_then_telemetry(env: tuple[Hub, Dps],
                                                          websockets: bool) -> None:
     hub, dps = env
-    enrollment = dps.add_enrollment("dev-1")
+    enrollment = dps.add_enrollment("dev-1", initial_twin={"tags": {"site": "lab"},
+                                                           "desired": {"rate": 5}})
     assert enrollment.primary_key is not None
     client = ProvisioningDeviceClient.create_from_symmetric_key(
         "127.0.0.1", "dev-1", SCOPE, enrollment.primary_key, **options(dps, websockets=websockets))
@@ -69,6 +70,8 @@ def test_individual_symmetric_key_payload_then_telemetry(env: tuple[Hub, Dps],
         "dev-1", "127.0.0.1", "initialAssignment")
     assert json.loads(state.response_payload) == {"modelId": MODEL}
     assert hub.store.device("dev-1") is not None
+    twin = hub.get_twin("dev-1")
+    assert twin["tags"] == {"site": "lab"} and twin["properties"]["desired"]["rate"] == 5
     device = iotdev.IoTHubDeviceClient.create_from_symmetric_key(
         enrollment.primary_key, state.assigned_hub, state.device_id,
         server_verification_cert=hub.ca_pem, port=hub.mqtt_port, model_id=MODEL)

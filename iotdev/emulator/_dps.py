@@ -69,6 +69,7 @@ class DeviceCredentials:
     primary_key: str | None = None
     secondary_key: str | None = None
     x509_thumbprints: tuple[str, ...] = ()
+    initial_twin: dict[str, Any] | None = None  # {"tags": {...}, "desired": {...}}
 
 
 Allocate = Callable[[str, DeviceCredentials], None]
@@ -93,7 +94,8 @@ class Attestation:
     def credentials(self) -> DeviceCredentials:
         if self.enrollment is not None:
             return DeviceCredentials(self.enrollment.primary_key, self.enrollment.secondary_key,
-                                     self.enrollment.x509_thumbprints)
+                                     self.enrollment.x509_thumbprints,
+                                     self.enrollment.initial_twin or None)
         assert self.group is not None
         return DeviceCredentials(derive_device_key(self.group.primary_key, self.registration_id),
                                  derive_device_key(self.group.secondary_key,
@@ -296,8 +298,9 @@ class DpsLogic:
 
 
 def hub_allocator(hub: Hub) -> Allocate:
-    """The ``allocate`` callable for an emulator ``Hub``: creates the device,
-    or replaces it when its credentials differ (a device-data reset)."""
+    """The ``allocate`` callable for an emulator ``Hub``: creates the device
+    (with the enrollment's initial twin: ``tags`` and ``desired``), or replaces
+    it when its credentials differ (a device-data reset)."""
 
     def allocate(device_id: str, credentials: DeviceCredentials) -> None:
         device = hub.store.device(device_id)
@@ -312,6 +315,11 @@ def hub_allocator(hub: Hub) -> Allocate:
         hub.store.add_device(device_id, primary_key=credentials.primary_key,
                              secondary_key=credentials.secondary_key,
                              x509_thumbprints=credentials.x509_thumbprints)
+        twin = credentials.initial_twin or {}
+        if twin.get("tags"):
+            hub.store.set_tags(device_id, twin["tags"])
+        if twin.get("desired"):
+            hub.store.patch_desired(device_id, twin["desired"])
 
     return allocate
 

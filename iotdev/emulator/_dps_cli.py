@@ -44,6 +44,8 @@ def add_dps_commands(sub: Any, default_state: Path, default_url: str) -> None:
     enroll.add_argument("--thumbprint", action="append", default=[],
                         help="X.509 attestation: the device certificate's thumbprint")
     enroll.add_argument("--disabled", action="store_true")
+    enroll.add_argument("--initial-twin", type=json.loads, default=None, metavar="JSON",
+                        help='the new device\'s twin: {"tags": {...}, "desired": {...}}')
     group = actions.add_parser("group", parents=[state],
                                help="add a symmetric-key enrollment group")
     group.add_argument("group_id")
@@ -94,7 +96,7 @@ def run_dps_command(args: argparse.Namespace) -> int:
             enrollment = store.add_enrollment(
                 args.registration_id, device_id=args.device_id, primary_key=args.key,
                 secondary_key=args.secondary_key, x509_thumbprints=args.thumbprint,
-                enabled=not args.disabled)
+                enabled=not args.disabled, initial_twin=args.initial_twin)
             print(json.dumps(_public(enrollment)))
         elif command == "group":
             group = store.add_group(args.group_id, primary_key=args.key,

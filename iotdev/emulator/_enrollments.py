@@ -145,6 +145,9 @@ class EnrollmentStore:
         prints = _thumbprints(x509_thumbprints)
         if prints and (primary_key or secondary_key):
             raise ValueError("give symmetric keys or X.509 thumbprints, not both")
+        if initial_twin is not None and (not isinstance(initial_twin, dict) or
+                                         set(initial_twin) - {"tags", "desired"}):
+            raise ValueError("initial_twin is {'tags': {...}, 'desired': {...}}")
         if not prints:
             primary_key = primary_key or _new_key()
             secondary_key = secondary_key or _new_key()
