@@ -247,3 +247,32 @@ def test_a_second_register_while_one_runs_is_refused(env: tuple[Hub, Dps]) -> No
     finally:
         first.join(30)
     assert len(outcome) == 1 and getattr(outcome[0], "status", None) == "assigned"
+
+
+def test_asyncio_x509_disabled_and_timeout(env: tuple[Hub, Dps]) -> None:
+    hub, dps = env
+    _, cert = dps.add_x509_enrollment("a-x509")
+    x509 = X509(str(cert.cert_file), str(cert.key_file))
+    off = dps.add_enrollment("a-off", enabled=False)
+    assert off.primary_key is not None
+
+    async def main() -> None:
+        client = iotdev.aio.ProvisioningDeviceClient.create_from_x509_certificate(
+            "127.0.0.1", "a-x509", SCOPE, x509, **options(dps))
+        device = await client.create_device_client(timeout=30, port=hub.mqtt_port)
+        try:
+            await device.send_message("x")
+            assert (await hub.await_telemetry("a-x509", 1))[0].body == b"x"
+        finally:
+            await device.shutdown()
+        disabled = iotdev.aio.ProvisioningDeviceClient.create_from_symmetric_key(
+            "127.0.0.1", "a-off", SCOPE, off.primary_key, **options(dps))
+        with pytest.raises(ProvisioningServiceError) as info:
+            await disabled.register(timeout=30)
+        assert info.value.registration_status == "disabled"
+        dps.throttle(1000, retry_after=5)
+        with pytest.raises(OperationTimeout):
+            await disabled.register(timeout=1.0)
+        dps.throttle(0)
+
+    asyncio.run(main())
