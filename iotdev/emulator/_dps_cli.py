@@ -5,7 +5,7 @@
     iotdev-hub dps list [--json]
     iotdev-hub dps disable thermostat-1 / enable / remove
     iotdev-hub dps device-key <group key> <registration id>
-    iotdev-hub dps serve [--id-scope 0ne00000000] [--mqtt-port 8883] [--ws-port 443]
+    iotdev-hub dps serve [--id-scope 0ne00000000] [--host 127.0.0.1] [--mqtt-port 8884]
 
 Enrollments live in ``{state}/dps.json`` (``--state``, default the hub's
 ``./iotdev-hub-state``); a running DPS picks up changes at the next
@@ -26,6 +26,9 @@ from typing import Any
 from urllib.parse import quote
 
 __all__ = ["add_dps_commands", "run_dps_command"]
+
+DEFAULT_MQTT_PORT = 8884
+DEFAULT_WS_PORT = 4443
 
 
 def add_dps_commands(sub: Any, default_state: Path, default_url: str) -> None:
@@ -65,9 +68,13 @@ def add_dps_commands(sub: Any, default_state: Path, default_url: str) -> None:
     key.add_argument("registration_id")
     serve = actions.add_parser("serve", parents=[state], help="run the DPS until SIGINT/SIGTERM")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    serve.add_argument("--mqtt-port", type=int, default=8883, help="MQTT over TLS")
-    serve.add_argument("--ws-port", type=int, default=443,
-                       help="MQTT over TLS WebSocket (0: a free port, -1: off)")
+    serve.add_argument("--mqtt-port", type=int, default=DEFAULT_MQTT_PORT,
+                       help=f"MQTT over TLS (default {DEFAULT_MQTT_PORT}, next to the hub's "
+                       "8883; azure-iot-device dials 8883: give the DPS an address of "
+                       "its own, e.g. --host 127.0.0.2 --mqtt-port 8883)")
+    serve.add_argument("--ws-port", type=int, default=DEFAULT_WS_PORT,
+                       help=f"MQTT over TLS WebSocket (default {DEFAULT_WS_PORT}; 0: a free "
+                       "port, -1: off)")
     serve.add_argument("--id-scope", default="0ne00000000")
     serve.add_argument("--hub-host", default="127.0.0.1",
                        help="the hub's host name answered as assignedHub")
