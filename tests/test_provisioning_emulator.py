@@ -24,8 +24,8 @@ from iotdev import (
     ProvisioningServiceError,
     derive_device_key,
 )
-from iotdev.emulator import Hub
-from iotdev.emulator._dps import Dps
+from iotdev.emulator import Dps, Hub
+from tests._proxies import ProxyProcess, TinyProxy, require_proxy_program
 
 SCOPE = "0ne00TEST01"
 MODEL = "dtmi:com:example:Thermostat;1"
@@ -276,3 +276,30 @@ def test_asyncio_x509_disabled_and_timeout(env: tuple[Hub, Dps]) -> None:
         dps.throttle(0)
 
     asyncio.run(main())
+
+
+
+@pytest.fixture(scope="module")
+def tinyproxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    proxy = TinyProxy(require_proxy_program("tinyproxy", "tinyproxy"),
+                      tmp_path_factory.mktemp("tinyproxy-dps"))
+    proxy.start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+def test_through_an_http_proxy_to_dps_and_hub(env: tuple[Hub, Dps],
+                                              tinyproxy: ProxyProcess) -> None:
+    hub, dps = env
+    enrollment = dps.add_enrollment("dev-proxy")
+    assert enrollment.primary_key is not None
+    before = tinyproxy.log_text().count("CONNECT")
+    client = ProvisioningDeviceClient.create_from_symmetric_key(
+        "127.0.0.1", "dev-proxy", SCOPE, enrollment.primary_key,
+        proxy_options=iotdev.ProxyOptions("HTTP", tinyproxy.host, tinyproxy.port),
+        **options(dps, websockets=True))
+    device = client.create_device_client(timeout=30, port=hub.ws_port)  # the proxy too
+    send_and_check(hub, device, "dev-proxy")
+    assert tinyproxy.log_text().count("CONNECT") >= before + 2
