@@ -61,6 +61,10 @@ __all__ = ["Attestation", "DeviceCredentials", "Dps", "DpsLogic", "hub_allocator
 
 log = logging.getLogger(__name__)
 
+MAX_OPERATIONS = 10_000
+"""Registrations in progress the DPS remembers (a device that never polls
+leaves one behind)."""
+
 
 @dataclass(frozen=True)
 class DeviceCredentials:
@@ -245,6 +249,8 @@ class DpsLogic:
             return self._error(400, rid, 400004,
                                "registrationId is missing or not the connection's")
         operation_id = f"4.{uuid.uuid4().hex[:16]}.{uuid.uuid4()}"
+        if len(self._operations) >= MAX_OPERATIONS:  # abandoned ones: forget the oldest
+            del self._operations[next(iter(self._operations))]
         self._operations[operation_id] = (who, document.get("payload"), self.assigning_polls)
         return self._answer(202, rid, {"operationId": operation_id, "status": "assigning"},
                             self.retry_after)
