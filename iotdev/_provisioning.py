@@ -222,7 +222,7 @@ _TRANSITIONS: dict[tuple[Phase, str], Phase] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Request:
     """One PUBLISH to send (QoS 1)."""
 

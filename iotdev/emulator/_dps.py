@@ -66,7 +66,7 @@ MAX_OPERATIONS = 10_000
 leaves one behind)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeviceCredentials:
     """How the assigned device authenticates to the hub."""
 
@@ -79,7 +79,7 @@ class DeviceCredentials:
 Allocate = Callable[[str, DeviceCredentials], None]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Attestation:
     """Who a connection proved to be."""
 

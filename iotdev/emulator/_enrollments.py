@@ -51,7 +51,7 @@ def _thumbprints(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Enrollment:
     """An individual enrollment."""
 
@@ -68,7 +68,7 @@ class Enrollment:
         return "x509" if self.x509_thumbprints else "symmetricKey"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GroupEnrollment:
     """A symmetric-key enrollment group."""
 
@@ -78,7 +78,7 @@ class GroupEnrollment:
     enabled: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Registration:
     """What DPS assigned to one registration id."""
 
