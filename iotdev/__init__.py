@@ -1,8 +1,10 @@
 """iotdev: an Azure IoT Hub device client built on the sans-IO ``iotdev_mqtt`` engine.
 
 ``IoTHubDeviceClient`` follows azure-iot-device v2's API; ``iotdev.aio`` has the
-asyncio client; ``iotdev.mqtt.MQTTClient`` is a generic MQTT client on the same
-I/O layer; ``iotdev.emulator`` is a local IoT Hub.
+asyncio client; ``ProvisioningDeviceClient`` registers devices with the Device
+Provisioning Service (``iotdev.pnp``: Plug and Play conventions);
+``iotdev.mqtt.MQTTClient`` is a generic MQTT client on the same I/O layer;
+``iotdev.emulator`` is a local IoT Hub (and DPS).
 """
 
 from __future__ import annotations
