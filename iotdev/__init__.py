@@ -1,14 +1,17 @@
 """iotdev: an Azure IoT Hub device client built on the sans-IO ``iotdev_mqtt`` engine.
 
 ``IoTHubDeviceClient`` follows azure-iot-device v2's API; ``iotdev.aio`` has the
-asyncio client; ``iotdev.mqtt.MQTTClient`` is a generic MQTT client on the same
-I/O layer; ``iotdev.emulator`` is a local IoT Hub.
+asyncio client; ``ProvisioningDeviceClient`` registers devices with the Device
+Provisioning Service (``iotdev.pnp``: Plug and Play conventions);
+``iotdev.mqtt.MQTTClient`` is a generic MQTT client on the same I/O layer;
+``iotdev.emulator`` is a local IoT Hub (and DPS).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._auth import derive_device_key
 from ._errors import (
     ClientError,
     ConnectionDroppedError,
@@ -20,6 +23,7 @@ from ._errors import (
     NoConnectionError,
     OperationCancelled,
     OperationTimeout,
+    ProvisioningServiceError,
     ProxyAuthenticationError,
     ProxyError,
     ServiceError,
@@ -28,6 +32,8 @@ from ._errors import (
     WebSocketUpgradeError,
 )
 from ._models import Message, MethodRequest, MethodResponse
+from ._provisioning import RegistrationResult, RegistrationState
+from ._provisioning_client import ProvisioningDeviceClient
 from ._sync_client import IoTHubDeviceClient
 from .transport import X509
 
@@ -58,14 +64,19 @@ __all__ = [
     "NoConnectionError",
     "OperationCancelled",
     "OperationTimeout",
+    "ProvisioningDeviceClient",
+    "ProvisioningServiceError",
     "ProxyAuthenticationError",
     "ProxyError",
     "ProxyOptions",
+    "RegistrationResult",
+    "RegistrationState",
     "ServiceError",
     "TLSError",
     "TLSVerificationError",
     "WebSocketUpgradeError",
     "__version__",
+    "derive_device_key",
 ]
 
 __version__ = "0.1.0"

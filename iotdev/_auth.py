@@ -594,6 +594,7 @@ def build_username(
     product_info: object = "",
     user_agent: str | None = None,
     api_version: str | None = None,
+    model_id: str | None = None,
 ) -> str:
     """The MQTT user name, byte for byte as v2 builds it (reference 1.3).
 
@@ -611,14 +612,28 @@ def build_username(
         user_agent: ``None`` for ``default_user_agent()``.
         api_version: ``None`` for v2's value (2019-10-01, or 2020-09-30 with a
             model id).
+        model_id: a Plug and Play model id (iotdev's clearer spelling of
+            ``product_info="dtmi:..."``); ``product_info`` then stays in
+            ``DeviceClientType``.
 
     Returns:
         The user name.
+
+    Raises:
+        ValueError: ``model_id`` does not start with ``dtmi:``.
     """
     agent = default_user_agent() if user_agent is None else user_agent
     info = str(product_info)
     pairs: list[tuple[str, str]]
-    if info.startswith(DIGITAL_TWIN_PREFIX):
+    if model_id is not None:
+        if not model_id.startswith(DIGITAL_TWIN_PREFIX + ":"):
+            raise ValueError(f"model_id must be a DTMI ('dtmi:...;1'), got {model_id!r}")
+        pairs = [
+            ("api-version", api_version or DIGITAL_TWIN_API_VERSION),
+            ("DeviceClientType", agent + info),
+            ("model-id", model_id),
+        ]
+    elif info.startswith(DIGITAL_TWIN_PREFIX):
         pairs = [
             ("api-version", api_version or DIGITAL_TWIN_API_VERSION),
             ("DeviceClientType", agent),

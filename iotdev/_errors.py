@@ -18,6 +18,8 @@
     OperationTimeout                   an operation did not complete in time
     OperationCancelled                 shutdown / disconnect cancelled an operation
     ServiceError                       the service answered with an error status
+    ProvisioningServiceError           DPS refused or failed a registration
+                                       (a ServiceError and a ClientError)
 
 As in v2, ``OperationTimeout``, ``OperationCancelled`` and ``ServiceError`` are
 not ``ClientError`` subclasses.  Every error raised at the transport boundary
@@ -37,6 +39,7 @@ __all__ = [
     "NoConnectionError",
     "OperationCancelled",
     "OperationTimeout",
+    "ProvisioningServiceError",
     "ProxyAuthenticationError",
     "ProxyError",
     "ServiceError",
@@ -156,3 +159,28 @@ class ServiceError(Exception):
     def throttled(self) -> bool:
         """The service is throttling us (429): retry later."""
         return self.status == 429
+
+
+class ProvisioningServiceError(ServiceError, ClientError):
+    """The Device Provisioning Service refused the registration (an HTTP-like
+    status from 300 to 428 other than 429) or ended it as ``failed`` or
+    ``disabled``.  Also a ``ClientError``: azure-iot-device v2 raises
+    ``ClientError`` there, so ``except ClientError`` written for v2 still
+    catches it.
+
+    Attributes:
+        status: the answer's status (401, 404...), or the HTTP-like status of
+            the answer that carried a ``failed``/``disabled`` result.
+        code: DPS's ``errorCode`` (e.g. ``"401002"``), as text, or ``""``.
+        body: DPS's error body (``errorCode``, ``trackingId``, ``message``...)
+            or the operation status, parsed from JSON (raw text if it was not).
+        registration_status: ``"failed"``, ``"disabled"``... when DPS ended
+            the registration with that status, else ``None``.
+    """
+
+    def __init__(self, message: str = "", status: int | None = None, code: str = "",
+                 retry_after: float | None = None, body: object = None,
+                 registration_status: str | None = None) -> None:
+        super().__init__(message, status, code, retry_after)
+        self.body = body
+        self.registration_status = registration_status

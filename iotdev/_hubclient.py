@@ -46,6 +46,7 @@ _KNOWN_OPTIONS = {
     # iotdev extensions
     "port", "operation_timeout", "max_queued_messages", "https_port",
     "outbox_path", "outbox_max_bytes", "outbox_overflow",
+    "model_id",  # Plug and Play (issue 15)
 }
 DEFAULT_OUTBOX_MAX_BYTES = 64 * 1024 * 1024
 OUTBOX_WINDOW = 64  # outbox rows in flight at most (capped by max_queued_messages)
@@ -81,6 +82,7 @@ class HubConfig:
     outbox_max_bytes: int = DEFAULT_OUTBOX_MAX_BYTES
     outbox_overflow: str = "error"
     token_expiry: float | None = field(default=None, repr=False)
+    model_id: str | None = None  # Plug and Play (issue 15)
     _contexts: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -162,7 +164,8 @@ class HubConfig:
         return self.sastoken
 
     def username(self) -> str:
-        return build_username(self.hostname, self.client_id, product_info=self.product_info)
+        return build_username(self.hostname, self.client_id, product_info=self.product_info,
+                              model_id=self.model_id)
 
     def resource_uri(self) -> str:
         return device_resource_uri(self.hostname, self.device_id, self.module_id)
@@ -195,7 +198,7 @@ def _check_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     for name in _BOOL_OPTIONS:
         if name in kwargs and not isinstance(kwargs[name], bool):
             raise TypeError(f"{name} must be a bool, not {type(kwargs[name]).__name__}")
-    for name in ("server_verification_cert", "gateway_hostname", "product_info"):
+    for name in ("server_verification_cert", "gateway_hostname", "product_info", "model_id"):
         value = kwargs.get(name)
         if value is not None and not isinstance(value, str):
             raise TypeError(f"{name} must be a str, not {type(value).__name__}")
@@ -249,6 +252,8 @@ def build_config(*, hostname: str, device_id: str, module_id: str | None = None,
     options = _check_options(kwargs)
     config = HubConfig(hostname=hostname, device_id=device_id, module_id=module_id,
                        symmetric_key=symmetric_key, sastoken=sastoken, x509=x509, **options)
+    if config.model_id is not None:
+        build_username(hostname, config.client_id, model_id=config.model_id)  # ValueError
     if symmetric_key is not None:
         from ._auth import decode_symmetric_key
 

@@ -10,6 +10,7 @@ from ._errors import (
     NoConnectionError,
     OperationCancelled,
     OperationTimeout,
+    ProvisioningServiceError,
     ServiceError,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "NoConnectionError",
     "OperationCancelled",
     "OperationTimeout",
+    "ProvisioningServiceError",
     "ServiceError",
 ]

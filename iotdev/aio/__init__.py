@@ -4,5 +4,6 @@ from __future__ import annotations
 
 from ._client import IoTHubDeviceClient
 from ._mqtt import MQTTClient
+from ._provisioning import ProvisioningDeviceClient
 
-__all__ = ["IoTHubDeviceClient", "MQTTClient"]
+__all__ = ["IoTHubDeviceClient", "MQTTClient", "ProvisioningDeviceClient"]

@@ -19,11 +19,12 @@ Command line: ``iotdev-hub serve`` / ``python -m iotdev.emulator serve``.
 
 from __future__ import annotations
 
+from ._dps import Dps
 from ._edge import EdgeDevice
 from ._files import FileUpload
 from ._hub import Hub, MethodResult
 from ._observer import HubConnection, HubObserver, Verdict
 from ._store import C2DMessage, Device, Module, TelemetryMessage, Twin
 
-__all__ = ["C2DMessage", "Device", "EdgeDevice", "FileUpload", "Hub", "HubConnection",
+__all__ = ["C2DMessage", "Device", "Dps", "EdgeDevice", "FileUpload", "Hub", "HubConnection",
            "HubObserver", "MethodResult", "Module", "TelemetryMessage", "Twin", "Verdict"]

@@ -123,6 +123,10 @@ def _parser() -> argparse.ArgumentParser:
     uploads.add_argument("device", nargs="?", default=None)
     uploads.add_argument("--json", action="store_true",
                          help="one JSON object a line (with the blob's path on disk)")
+    # --- DPS (issue 15): ``iotdev-hub dps ...`` in _dps_cli.py ---
+    from ._dps_cli import add_dps_commands
+
+    add_dps_commands(sub, DEFAULT_STATE, DEFAULT_URL)
     return parser
 
 
@@ -138,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         from ._edge_cli import edge_env
 
         return edge_env(args)
+    if args.command == "dps":  # DPS (issue 15)
+        from ._dps_cli import run_dps_command
+
+        return run_dps_command(args)
     try:
         client = _ServiceClient(args.url, args.ca)
         return _COMMANDS[args.command](client, args)

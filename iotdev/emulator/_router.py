@@ -55,6 +55,7 @@ from iotdev_mqtt import (
 )
 
 from .. import _hub_topics as topics
+from .._auth import parse_username
 from ._identity import IdentityChecks
 from ._observer import HubObserver, Verdict
 from ._records import C2DMessage, Device, TelemetryMessage, TwinError, identity_key
@@ -128,6 +129,15 @@ class _Session:
         self.inputs: collections.deque[InputMessage] = collections.deque()
 
 
+
+def model_id_of(username: str | None) -> str:
+    """Plug and Play: the ``model-id`` of a CONNECT user name ("" if none)."""
+    try:
+        _, _, params = parse_username(username or "")
+    except ValueError:
+        return ""
+    return params.get("model-id", "")
+
 class Router:
     """The device protocol (see the module docstring).
 
@@ -145,6 +155,9 @@ class Router:
         self.observers: tuple[HubObserver, ...] = ()
         self.output_router: OutputRouter | None = None
         self.sessions: dict[str, _Session] = {}
+        # Plug and Play: the model id of each identity's last CONNECT (the
+        # twin's ``modelId``; "" for one that announces none).
+        self.model_ids: dict[str, str] = {}
         self.telemetry_changed = asyncio.Condition()
         self._pending_methods: dict[str, asyncio.Future[MethodResult]] = {}
         self._expiry_timers: dict[RoutedConnection, asyncio.TimerHandle] = {}
@@ -224,6 +237,7 @@ class Router:
         if state.connection is not None and state.connection is not conn:
             state.connection.close("another connection of the same identity")  # takeover
         state.connection = conn
+        self.model_ids[key] = model_id_of(packet.username)  # Plug and Play
         resume = not packet.clean_session and state.session is not None
         if packet.clean_session:
             state.session = None
@@ -561,6 +575,7 @@ class Router:
         doc: dict[str, Any] = {"deviceId": device_id}
         if module_id is not None:
             doc["moduleId"] = module_id
+        doc["modelId"] = self.model_ids.get(identity_key(device_id, module_id), "")
         doc.update({"tags": dict(twin.tags), "properties": twin.properties_document()})
         return doc
 

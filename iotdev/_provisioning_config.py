@@ -1,0 +1,248 @@
+"""What the sync and asyncio ``ProvisioningDeviceClient`` share, with no I/O
+in it: factory validation (azure-iot-device v2's rules), the endpoint, the
+CONNECT credentials, the assignment cache and the options of the device
+client made for the assigned hub."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing import Self
+
+from . import _dps_topics as topics
+from ._auth import decode_symmetric_key, default_user_agent, generate_sas_token
+from ._errors import ProvisioningServiceError
+from ._provisioning import RegistrationResult
+from .transport._credentials import X509
+from .transport._endpoint import Endpoint
+from .transport._options import ConnectOptions, Credentials
+
+__all__ = ["ProvisioningClientBase", "ProvisioningConfig", "build_provisioning_config",
+           "read_cache", "write_cache"]
+
+_V2_OPTIONS = ("server_verification_cert", "gateway_hostname", "websockets", "cipher",
+               "proxy_options", "sastoken_ttl", "keep_alive")
+_OUR_OPTIONS = ("port",)  # iotdev: dial another port than 8883/443 (emulators, tests)
+CACHE_VERSION = 1
+
+
+@dataclass
+class ProvisioningConfig:
+    """A validated provisioning client configuration."""
+
+    provisioning_host: str
+    registration_id: str
+    id_scope: str
+    symmetric_key: str | None = field(default=None, repr=False)
+    x509: X509 | None = None
+    server_verification_cert: str | None = None
+    gateway_hostname: str | None = None
+    websockets: bool = False
+    cipher: str | list[str] = ""
+    proxy_options: Any = None
+    sastoken_ttl: int = 3600
+    keep_alive: int = 60
+    port: int | None = None
+
+    def endpoint(self) -> Endpoint:
+        from .transport._tls import make_client_context, shared_client_context
+
+        if self.x509 is None:
+            ctx = shared_client_context(server_verification_cert=self.server_verification_cert,
+                                        cipher=self.cipher or None)
+        else:
+            ctx = make_client_context(server_verification_cert=self.server_verification_cert,
+                                      cipher=self.cipher or None, x509=self.x509)
+        port = self.port if self.port is not None else (443 if self.websockets else 8883)
+        return Endpoint(host=self.gateway_hostname or self.provisioning_host, port=port,
+                        transport="websockets" if self.websockets else "tls",
+                        tls_context=ctx, ws_path="/$iothub/websocket",
+                        proxy=self.proxy_options, connect_timeout=30.0)
+
+    def credentials(self) -> Credentials:
+        """Fresh CONNECT credentials (a new SAS token from the key each time)."""
+        username = topics.build_username(self.id_scope, self.registration_id,
+                                         default_user_agent())
+        if self.symmetric_key is None:
+            return Credentials(username, None)
+        uri = topics.sas_resource_uri(self.id_scope, self.registration_id)
+        token = generate_sas_token(uri, self.symmetric_key, int(time.time() + self.sastoken_ttl))
+        return Credentials(username, token.encode("utf-8"))
+
+    def connect_options(self) -> ConnectOptions:
+        # v2 connects with clean session 0; DPS ignores sessions either way.
+        return ConnectOptions(self.registration_id, self.keep_alive, False, self.credentials)
+
+    def device_client_options(self, payload: Any, extra: dict[str, Any]) -> dict[str, Any]:
+        """Options of the device client for the assigned hub: the transport
+        settings of this client (gateway excepted), the payload's ``modelId``
+        as ``model_id``, then ``extra``."""
+        options: dict[str, Any] = {}
+        for name in ("server_verification_cert", "websockets", "cipher", "proxy_options",
+                     "keep_alive"):
+            value = getattr(self, name)
+            if value not in (None, "", False) or name == "keep_alive":
+                options[name] = value
+        if self.symmetric_key is not None:
+            options["sastoken_ttl"] = self.sastoken_ttl
+        if isinstance(payload, dict) and isinstance(payload.get("modelId"), str) and \
+                "product_info" not in extra:
+            options["model_id"] = payload["modelId"]
+        options.update(extra)
+        return options
+
+
+def build_provisioning_config(provisioning_host: str, registration_id: str, id_scope: str, *,
+                              symmetric_key: str | None = None, x509: X509 | None = None,
+                              **kwargs: Any) -> ProvisioningConfig:
+    """Validate a factory's arguments as v2 does.
+
+    Raises:
+        ValueError: blank registration id ("Registration Id can not be none,
+            empty or blank."), "Invalid Symmetric Key", a bad option value.
+        TypeError: an unsupported keyword ("Unsupported keyword argument
+            'name'"), ``sastoken_ttl`` with X.509, an option of the wrong type.
+    """
+    if not (isinstance(registration_id, str) and registration_id.strip()):
+        raise ValueError("Registration Id can not be none, empty or blank.")
+    for name in kwargs:
+        if name not in _V2_OPTIONS + _OUR_OPTIONS or (x509 is not None and name == "sastoken_ttl"):
+            raise TypeError(f"Unsupported keyword argument '{name}'")
+    for name, value in (("provisioning_host", provisioning_host), ("id_scope", id_scope)):
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{name} must be a non-empty str, got {value!r}")
+    from ._hubclient import _check_options  # the device client's option rules
+
+    _check_options(dict(kwargs))
+    if symmetric_key is not None:
+        decode_symmetric_key(symmetric_key)  # ValueError("Invalid Symmetric Key")
+    if x509 is not None and not isinstance(x509, X509):
+        raise TypeError("x509 must be an iotdev.X509")
+    return ProvisioningConfig(provisioning_host, registration_id, id_scope,
+                              symmetric_key=symmetric_key, x509=x509, **kwargs)
+
+
+# ------------------------------------------------------------- assignment cache
+
+
+def _cache_key(config: ProvisioningConfig) -> dict[str, str]:
+    return {"provisioning_host": config.provisioning_host, "id_scope": config.id_scope,
+            "registration_id": config.registration_id}
+
+
+def read_cache(path: str | os.PathLike[str],
+               config: ProvisioningConfig) -> RegistrationResult | None:
+    """The cached assignment for this registration, or ``None`` (no file, a
+    file for another registration, or one that cannot be read)."""
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(document, dict) or document.get("version") != CACHE_VERSION or \
+            document.get("key") != _cache_key(config):
+        return None
+    try:
+        result = RegistrationResult.from_operation_status(document.get("result"))  # type: ignore[arg-type]
+    except ValueError:
+        return None
+    state = result.registration_state
+    if result.status != "assigned" or state is None or not state.assigned_hub or \
+            not state.device_id:
+        return None
+    return result
+
+
+def write_cache(path: str | os.PathLike[str], config: ProvisioningConfig,
+                result: RegistrationResult) -> None:
+    """Store the assignment (no secrets) atomically, readable by the owner only.
+
+    Raises:
+        OSError: the file cannot be written.
+    """
+    target = Path(path)
+    document = {"version": CACHE_VERSION, "key": _cache_key(config),
+                "result": result.to_operation_status(), "written": time.time()}
+    tmp = target.with_name(target.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(document, handle)
+    os.replace(tmp, target)
+
+
+class ProvisioningClientBase:
+    """The factories and the payload of both ``ProvisioningDeviceClient`` faces."""
+
+    def __init__(self, config: ProvisioningConfig) -> None:
+        self._config = config
+        self._provisioning_payload: Any = None
+
+    @classmethod
+    def create_from_symmetric_key(cls, provisioning_host: str, registration_id: str,
+                                  id_scope: str, symmetric_key: str,
+                                  **kwargs: Any) -> Self:
+        """A client that proves itself with a SAS token signed by ``symmetric_key``
+        (an individual enrollment's key, or ``derive_device_key(group_key,
+        registration_id)`` for a group enrollment).
+
+        Args:
+            provisioning_host: DPS's host (``global.azure-devices-provisioning.net``).
+            registration_id: the device's registration id.
+            id_scope: the DPS instance's id scope.
+            symmetric_key: the base64 key.
+            **kwargs: ``server_verification_cert``, ``gateway_hostname``,
+                ``websockets``, ``cipher``, ``proxy_options``, ``sastoken_ttl``,
+                ``keep_alive`` (v2's options) and ``port`` (iotdev).
+
+        Raises:
+            ValueError: blank registration id, "Invalid Symmetric Key".
+            TypeError: an unsupported option.
+        """
+        return cls(build_provisioning_config(provisioning_host, registration_id, id_scope,
+                                             symmetric_key=symmetric_key, **kwargs))
+
+    @classmethod
+    def create_from_x509_certificate(cls, provisioning_host: str, registration_id: str,
+                                     id_scope: str, x509: X509,
+                                     **kwargs: Any) -> Self:
+        """A client that proves itself with a client certificate (CN =
+        registration id).  Options as ``create_from_symmetric_key`` except
+        ``sastoken_ttl``.
+
+        Raises:
+            ValueError: blank registration id.  TypeError: an unsupported option.
+        """
+        return cls(build_provisioning_config(provisioning_host, registration_id, id_scope,
+                                             x509=x509, **kwargs))
+
+    @property
+    def provisioning_payload(self) -> Any:
+        """The ``payload`` of the registration request (any JSON value; objects
+        go in as their ``__dict__``, as v2)."""
+        return self._provisioning_payload
+
+    @provisioning_payload.setter
+    def provisioning_payload(self, provisioning_payload: Any) -> None:
+        self._provisioning_payload = provisioning_payload
+
+    def _device_client(self, client_class: Any, result: RegistrationResult,
+                       device_options: dict[str, Any]) -> Any:
+        """An ``IoTHubDeviceClient`` (of ``client_class``, sync or asyncio) for
+        the assigned hub, authenticating as this client does."""
+        state = result.registration_state
+        if state is None or not state.assigned_hub or not state.device_id:
+            raise ProvisioningServiceError(
+                "the registration result names no assigned hub or device id",
+                body=result.to_operation_status())
+        config = self._config
+        options = config.device_client_options(self._provisioning_payload, device_options)
+        if config.x509 is not None:
+            return client_class.create_from_x509_certificate(
+                config.x509, state.assigned_hub, state.device_id, **options)
+        return client_class.create_from_symmetric_key(
+            config.symmetric_key, state.assigned_hub, state.device_id, **options)
