@@ -15,13 +15,15 @@
     ├── ConnectionDroppedError         the connection was lost during the operation
     ├── NoConnectionError              not connected and auto-connect is off
     └── CredentialError                CONNACK 4/5: bad or expired credentials
+    └── ServiceError                   the service answered with an error status
     OperationTimeout                   an operation did not complete in time
     OperationCancelled                 shutdown / disconnect cancelled an operation
-    ServiceError                       the service answered with an error status
 
-As in v2, ``OperationTimeout``, ``OperationCancelled`` and ``ServiceError`` are
-not ``ClientError`` subclasses.  Every error raised at the transport boundary
-chains the original exception (``raise ... from exc``).
+As in v2, ``OperationTimeout`` and ``OperationCancelled`` are not
+``ClientError`` subclasses.  v2 raises ``ClientError`` for a twin or file-upload
+call the service refused; ``ServiceError`` (status, code, retry_after) is a
+``ClientError`` so that both ``except`` clauses catch it.  Every error raised
+at the transport boundary chains the original exception (``raise ... from exc``).
 """
 
 from __future__ import annotations
@@ -134,7 +136,7 @@ class OperationCancelled(Exception):
     """The operation was cancelled (shutdown, disconnect)."""
 
 
-class ServiceError(Exception):
+class ServiceError(ClientError):
     """The service answered with an error status.
 
     Attributes:
