@@ -52,6 +52,9 @@ from tests.test_device_client_sync import (
     sas_token,
 )
 
+# The deprecated receive_* APIs are tested here on purpose (their warning: test_v2_behaviours).
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:.*deprecated since azure-iot-device 2.3.0:DeprecationWarning")
 TIMEOUT = 10.0
 TEST_DEADLINE = 30.0
 

@@ -45,6 +45,9 @@ from iotdev._auth import device_resource_uri, generate_sas_token
 from iotdev.emulator import Hub
 
 HOST = "127.0.0.1"
+# The deprecated receive_* APIs are tested here on purpose (their warning: test_v2_behaviours).
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:.*deprecated since azure-iot-device 2.3.0:DeprecationWarning")
 TIMEOUT = 10.0
 LIMIT = 262_144  # IoT Hub's D2C limit: body + system property values + app names and values
 KEY = "c2VjcmV0LWtleS1vZi1hLXRlc3QtZGV2aWNlLTAxMjM0NTY3OA=="  # a valid base64 key
