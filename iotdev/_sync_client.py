@@ -15,20 +15,14 @@ import logging
 import queue
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from iotdev_mqtt import MessageReceived
 
 from ._errors import ClientError, NoConnectionError, OperationCancelled, OperationTimeout
-from ._hubclient import (
-    HubConfig,
-    build_config,
-    check_update_sastoken,
-    config_from_connection_string,
-    config_from_sastoken,
-)
+from ._face import CLOSED, ClientFace, deprecated
+from ._hubclient import HubConfig, check_update_sastoken
 from ._models import Message, MethodRequest, MethodResponse
 from ._session import (
     DESIRED,
@@ -36,16 +30,13 @@ from ._session import (
     METHODS,
     HubSession,
     Output,
-    Problem,
     Publish,
     Reauthorize,
-    Received,
     Subscribe,
     TokenRequired,
     TwinDone,
     Unsubscribe,
 )
-from .transport._credentials import X509
 from .transport._thread import Completion, ThreadDriver
 
 if TYPE_CHECKING:
@@ -53,21 +44,10 @@ if TYPE_CHECKING:
 
 __all__ = ["IoTHubDeviceClient"]
 
-_CLOSED = object()  # put in the inboxes at shutdown
-_RECEIVE_HANDLERS = {"on_message_received": MESSAGES, "on_method_request_received": METHODS,
-                     "on_twin_desired_properties_patch_received": DESIRED}
-_HANDLER_OF = {feature: name for name, feature in _RECEIVE_HANDLERS.items()}
-
 log = logging.getLogger(__name__)
 
 
-def deprecated(name: str, handler: str) -> None:
-    """v2's ``DeprecationWarning`` for the ``receive_*`` APIs (since 2.3.0)."""
-    warnings.warn(f"{name}() is deprecated since azure-iot-device 2.3.0: set .{handler} "
-                  "instead", DeprecationWarning, stacklevel=3)
-
-
-class IoTHubDeviceClient:
+class IoTHubDeviceClient(ClientFace):
     """A synchronous IoT Hub device client (create it with a factory)."""
 
     def __init__(self, config: HubConfig) -> None:
@@ -96,36 +76,6 @@ class IoTHubDeviceClient:
 
             self._outbox = ThreadSender(outbox, self._driver, config, self._report_background)
 
-    # ------------------------------------------------------------- factories
-
-    @classmethod
-    def create_from_connection_string(cls, connection_string: str,
-                                      **kwargs: Any) -> IoTHubDeviceClient:
-        """From ``HostName=...;DeviceId=...;SharedAccessKey=...`` (or ``x509=true``
-        with ``x509=X509(...)``).  Keyword options as azure-iot-device."""
-        return cls(config_from_connection_string(connection_string, **kwargs))
-
-    @classmethod
-    def create_from_sastoken(cls, sastoken: str, **kwargs: Any) -> IoTHubDeviceClient:
-        """From a SAS token you renew (``on_new_sastoken_required`` /
-        ``update_sastoken``).  Raises ``ValueError`` for an expired token or a
-        module's, as v2."""
-        return cls(config_from_sastoken(sastoken, **kwargs))
-
-    @classmethod
-    def create_from_symmetric_key(cls, symmetric_key: str, hostname: str, device_id: str,
-                                  **kwargs: Any) -> IoTHubDeviceClient:
-        return cls(build_config(hostname=hostname, device_id=device_id,
-                                symmetric_key=symmetric_key, **kwargs))
-
-    @classmethod
-    def create_from_x509_certificate(cls, x509: X509, hostname: str, device_id: str,
-                                     **kwargs: Any) -> IoTHubDeviceClient:
-        """Raises ``FileNotFoundError`` when a certificate or key file is missing."""
-        if not isinstance(x509, X509):
-            raise TypeError("x509 must be an iotdev.X509")
-        return cls(build_config(hostname=hostname, device_id=device_id, x509=x509, **kwargs))
-
     # ------------------------------------------------------------ connection
 
     @property
@@ -139,10 +89,6 @@ class IoTHubDeviceClient:
 
     def _timeout(self, timeout: float | None) -> float:
         return self._config.operation_timeout if timeout is None else timeout
-
-    def _check_alive(self) -> None:
-        if self._shutdown:
-            raise ClientError("the client has been shut down")
 
     def connect(self, *, timeout: float | None = None) -> None:
         """Connect to the hub (blocks until connected).
@@ -190,7 +136,7 @@ class IoTHubDeviceClient:
         for session in sessions:  # uploads in other threads end with OperationCancelled
             session.cancel("shutdown() was called")
         for box in boxes:  # wake receive_*() calls blocked without a timeout
-            box.put(_CLOSED)
+            box.put(CLOSED)
         for waiter in waiters:
             waiter.set_exception(OperationCancelled("shutdown() was called"))
 
@@ -258,16 +204,9 @@ class IoTHubDeviceClient:
             when the upload itself failed the hub was notified with
             ``is_success=False`` first.
         """
-        self._check_alive()
-        from ._upload import check_blob_name, open_source, upload
+        from ._upload import upload
 
-        check_blob_name(blob_name)
-        if content_type is not None and not isinstance(content_type, str):
-            raise TypeError("content_type must be a str")
-        if progress is not None and not callable(progress):
-            raise TypeError("progress must be callable")
-        source = open_source(data)
-        config = self._config.upload_config()
+        config, source = self._upload_args(blob_name, data, content_type, progress)
         try:
             return self._run_http(
                 lambda session: upload(config, session, blob_name, source, content_type),
@@ -348,18 +287,6 @@ class IoTHubDeviceClient:
         self._wait(self._driver.publish(publish.topic, publish.payload, 1, False), timeout, what)
 
     # ---------------------------------------------------------------- outbox
-
-    @property
-    def outbox_pending(self) -> int:
-        """Messages in the outbox not yet acknowledged by the hub (those in
-        flight included); 0 without an outbox."""
-        return self._outbox.outbox.pending if self._outbox is not None else 0
-
-    @property
-    def outbox_dropped(self) -> int:
-        """Messages ``outbox_overflow="drop_oldest"`` deleted unsent since this
-        client was created; 0 without an outbox."""
-        return self._outbox.outbox.dropped if self._outbox is not None else 0
 
     def wait_outbox_drained(self, *, timeout: float | None = None) -> None:
         """Wait until every message accepted by ``send_message`` before this
@@ -453,34 +380,12 @@ class IoTHubDeviceClient:
 
     # -------------------------------------------------------------- handlers
 
-    def _handler_property(key: str) -> Any:  # type: ignore[misc]
-        feature = _RECEIVE_HANDLERS.get(key)
-
-        def getter(self: IoTHubDeviceClient) -> Callable[..., Any] | None:
-            return self._handlers.get(key)
-
-        def setter(self: IoTHubDeviceClient, handler: Callable[..., Any] | None) -> None:
-            self._check_alive()
-            if handler is not None and not callable(handler):
-                raise TypeError(f"{key} must be callable or None")
-            if feature is None:
-                self._handlers[key] = handler
-                return
-            # As v2: returns once the SUBSCRIBE (or UNSUBSCRIBE) is acknowledged.
-            self._want(lambda s: s.set_handler(feature, handler is not None),
-                       before=lambda: self._handlers.__setitem__(key, handler),
-                       connect=handler is not None)
-
-        return property(getter, setter)
-
-    on_message_received = _handler_property("on_message_received")
-    on_method_request_received = _handler_property("on_method_request_received")
-    on_twin_desired_properties_patch_received = _handler_property(
-        "on_twin_desired_properties_patch_received")
-    on_connection_state_change = _handler_property("on_connection_state_change")
-    on_new_sastoken_required = _handler_property("on_new_sastoken_required")
-    on_background_exception = _handler_property("on_background_exception")
-    del _handler_property
+    def _handler_changed(self, key: str, feature: str,
+                         handler: Callable[..., Any] | None) -> None:
+        # As v2: returns once the SUBSCRIBE (or UNSUBSCRIBE) is acknowledged.
+        self._want(lambda s: s.set_handler(feature, handler is not None),
+                   before=lambda: self._handlers.__setitem__(key, handler),
+                   connect=handler is not None)
 
     def _want(self, change: Callable[[HubSession], list[Output]],
               before: Callable[[], None] | None = None, connect: bool = True) -> None:
@@ -511,7 +416,7 @@ class IoTHubDeviceClient:
             if box is None:
                 box = self._inboxes[name] = queue.Queue()
                 if self._shutdown:  # created after shutdown() woke the others
-                    box.put(_CLOSED)
+                    box.put(CLOSED)
             return box
 
     def _take(self, box: queue.Queue[Any], block: bool, timeout: float | None) -> Any:
@@ -519,8 +424,8 @@ class IoTHubDeviceClient:
             item = box.get(block, timeout)
         except queue.Empty:
             return None
-        if item is _CLOSED:
-            box.put(_CLOSED)  # wake the next waiter too
+        if item is CLOSED:
+            box.put(CLOSED)  # wake the next waiter too
             raise OperationCancelled("the client was shut down")
         return item
 
@@ -631,37 +536,11 @@ class IoTHubDeviceClient:
         for out in outputs:
             self._deliver(out)
 
-    def _deliver(self, out: Output) -> None:
-        if isinstance(out, Problem):
-            self._background(out.error)
-        elif isinstance(out, Received) and out.api:
-            name = out.inbox
-            if out.feature == METHODS and name not in self._inboxes:
-                name = "method:*"
-            self._inbox(name).put(out.value)
-        elif isinstance(out, Received):
-            self._call(_HANDLER_OF[out.feature], out.value)
+    def _put(self, inbox: str, value: Any) -> None:
+        self._inbox(inbox).put(value)
 
-    def _call(self, name: str, *args: Any) -> None:
-        handler = self._handlers.get(name)
-        if handler is None:
-            return
-        try:
-            handler(*args)
-        except Exception as exc:
-            log.exception("%s raised", name)
-            self._background(exc)
-
-    def _background(self, exc: BaseException) -> None:
-        handler = self._handlers.get("on_background_exception")
-        if handler is None:  # as v2: never dropped silently
-            log.warning("background error (no on_background_exception handler): %r", exc,
-                        exc_info=exc)
-            return
-        try:
-            handler(exc)
-        except Exception:
-            log.exception("on_background_exception raised")
+    def _invoke(self, handler: Callable[..., Any], *args: Any) -> None:
+        handler(*args)
 
     def _on_state(self, connected: bool, reason: str | None) -> None:
         self._event_connected = connected

@@ -16,14 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from iotdev_mqtt import MessageReceived
 
-from .._errors import ClientError, NoConnectionError, OperationCancelled, OperationTimeout
-from .._hubclient import (
-    HubConfig,
-    build_config,
-    check_update_sastoken,
-    config_from_connection_string,
-    config_from_sastoken,
-)
+from .._errors import NoConnectionError, OperationCancelled, OperationTimeout
+from .._face import CLOSED, ClientFace, deprecated
+from .._hubclient import HubConfig, check_update_sastoken
 from .._models import Message, MethodRequest, MethodResponse
 from .._session import (
     DESIRED,
@@ -31,25 +26,19 @@ from .._session import (
     METHODS,
     HubSession,
     Output,
-    Problem,
     Publish,
     Reauthorize,
-    Received,
     Subscribe,
     TokenRequired,
     TwinDone,
     Unsubscribe,
 )
-from .._sync_client import _HANDLER_OF, _RECEIVE_HANDLERS, deprecated
 from ..transport._asyncio import AsyncDriver
-from ..transport._credentials import X509
 
 if TYPE_CHECKING:
     from .._outbox_sender import AsyncSender
 
 __all__ = ["IoTHubDeviceClient"]
-
-_CLOSED = object()  # put in the inboxes at shutdown
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +49,7 @@ log = logging.getLogger(__name__)
 MAX_HANDLER_TASKS = 256
 
 
-class IoTHubDeviceClient:
+class IoTHubDeviceClient(ClientFace):
     """An asyncio IoT Hub device client (create it with a factory)."""
 
     def __init__(self, config: HubConfig) -> None:
@@ -89,43 +78,11 @@ class IoTHubDeviceClient:
             self._outbox = AsyncSender(outbox, self._driver, config, self._background,
                                        self.connect)
 
-    # ------------------------------------------------------------- factories
-
-    @classmethod
-    def create_from_connection_string(cls, connection_string: str,
-                                      **kwargs: Any) -> IoTHubDeviceClient:
-        """As ``iotdev.IoTHubDeviceClient.create_from_connection_string``."""
-        return cls(config_from_connection_string(connection_string, **kwargs))
-
-    @classmethod
-    def create_from_sastoken(cls, sastoken: str, **kwargs: Any) -> IoTHubDeviceClient:
-        """As ``iotdev.IoTHubDeviceClient.create_from_sastoken``."""
-        return cls(config_from_sastoken(sastoken, **kwargs))
-
-    @classmethod
-    def create_from_symmetric_key(cls, symmetric_key: str, hostname: str, device_id: str,
-                                  **kwargs: Any) -> IoTHubDeviceClient:
-        """As ``iotdev.IoTHubDeviceClient.create_from_symmetric_key``."""
-        return cls(build_config(hostname=hostname, device_id=device_id,
-                                symmetric_key=symmetric_key, **kwargs))
-
-    @classmethod
-    def create_from_x509_certificate(cls, x509: X509, hostname: str, device_id: str,
-                                     **kwargs: Any) -> IoTHubDeviceClient:
-        """As ``iotdev.IoTHubDeviceClient.create_from_x509_certificate``."""
-        if not isinstance(x509, X509):
-            raise TypeError("x509 must be an iotdev.X509")
-        return cls(build_config(hostname=hostname, device_id=device_id, x509=x509, **kwargs))
-
     # ------------------------------------------------------------ connection
 
     @property
     def connected(self) -> bool:
         return self._driver.connected
-
-    def _check_alive(self) -> None:
-        if self._shutdown:
-            raise ClientError("the client has been shut down")
 
     async def _bounded(self, awaitable: Any, timeout: float | None, what: str) -> Any:
         limit = self._config.operation_timeout if timeout is None else timeout
@@ -167,7 +124,7 @@ class IoTHubDeviceClient:
         if self._outbox is not None:
             self._outbox.close()
         for box in self._inboxes.values():  # wake receive_*() calls
-            box.put_nowait(_CLOSED)
+            box.put_nowait(CLOSED)
         for session in list(self._http_sessions):  # uploads end with OperationCancelled
             session.cancel("shutdown() was called")
         for task in list(self._tasks):
@@ -203,16 +160,9 @@ class IoTHubDeviceClient:
         """As ``iotdev.IoTHubDeviceClient.upload_blob``; ``progress`` may be a
         coroutine function.  Blocks are read from the file on the loop (a few
         milliseconds per 4 MiB block)."""
-        self._check_alive()
-        from .._upload import check_blob_name, open_source, upload
+        from .._upload import upload
 
-        check_blob_name(blob_name)
-        if content_type is not None and not isinstance(content_type, str):
-            raise TypeError("content_type must be a str")
-        if progress is not None and not callable(progress):
-            raise TypeError("progress must be callable")
-        source = open_source(data)
-        config = self._config.upload_config()
+        config, source = self._upload_args(blob_name, data, content_type, progress)
         try:
             return await self._run_http(
                 lambda session: upload(config, session, blob_name, source, content_type),
@@ -264,16 +214,6 @@ class IoTHubDeviceClient:
 
     # ---------------------------------------------------------------- outbox
 
-    @property
-    def outbox_pending(self) -> int:
-        """As ``iotdev.IoTHubDeviceClient.outbox_pending``."""
-        return self._outbox.outbox.pending if self._outbox is not None else 0
-
-    @property
-    def outbox_dropped(self) -> int:
-        """As ``iotdev.IoTHubDeviceClient.outbox_dropped``."""
-        return self._outbox.outbox.dropped if self._outbox is not None else 0
-
     async def wait_outbox_drained(self, *, timeout: float | None = None) -> None:
         """As ``iotdev.IoTHubDeviceClient.wait_outbox_drained``.
 
@@ -318,8 +258,8 @@ class IoTHubDeviceClient:
 
     async def _take(self, box: asyncio.Queue[Any]) -> Any:
         item = await box.get()
-        if item is _CLOSED:
-            box.put_nowait(_CLOSED)
+        if item is CLOSED:
+            box.put_nowait(CLOSED)
             raise OperationCancelled("the client was shut down")
         return item
 
@@ -350,37 +290,14 @@ class IoTHubDeviceClient:
 
     # -------------------------------------------------------------- handlers
 
-    def _handler_property(key: str) -> Any:  # type: ignore[misc]
-        feature = _RECEIVE_HANDLERS.get(key)
-
-        def getter(self: IoTHubDeviceClient) -> Callable[..., Any] | None:
-            return self._handlers.get(key)
-
-        def setter(self: IoTHubDeviceClient, handler: Callable[..., Any] | None) -> None:
-            self._check_alive()
-            if handler is not None and not callable(handler):
-                raise TypeError(f"{key} must be callable or None")
-            if feature is None:
-                self._handlers[key] = handler
-                return
-            # The SUBSCRIBE (UNSUBSCRIBE) is written before the setter returns
-            # when connected; without a running loop, the session subscribes
-            # at connect().
-            self._run(self._session.set_handler(feature, handler is not None))
-            self._handlers[key] = handler
-            if handler is not None and not self._driver.connected and _loop_running():
-                self._spawn(self._want(lambda s: []))  # auto_connect
-
-        return property(getter, setter)
-
-    on_message_received = _handler_property("on_message_received")
-    on_method_request_received = _handler_property("on_method_request_received")
-    on_twin_desired_properties_patch_received = _handler_property(
-        "on_twin_desired_properties_patch_received")
-    on_connection_state_change = _handler_property("on_connection_state_change")
-    on_new_sastoken_required = _handler_property("on_new_sastoken_required")
-    on_background_exception = _handler_property("on_background_exception")
-    del _handler_property
+    def _handler_changed(self, key: str, feature: str,
+                         handler: Callable[..., Any] | None) -> None:
+        # The SUBSCRIBE (UNSUBSCRIBE) is written before the setter returns when
+        # connected; without a running loop, the session subscribes at connect().
+        self._run(self._session.set_handler(feature, handler is not None))
+        self._handlers[key] = handler
+        if handler is not None and not self._driver.connected and _loop_running():
+            self._spawn(self._want(lambda s: []))  # auto_connect
 
     async def _want(self, change: Callable[[HubSession], list[Output]]) -> None:
         """Apply a feature change to the session (raises ``ClientError`` for
@@ -411,7 +328,7 @@ class IoTHubDeviceClient:
         if box is None:
             box = self._inboxes[name] = asyncio.Queue()
             if self._shutdown:  # created after shutdown() woke the others
-                box.put_nowait(_CLOSED)
+                box.put_nowait(CLOSED)
         return box
 
     # ------------------------------------------- the session's facts and outputs
@@ -501,27 +418,11 @@ class IoTHubDeviceClient:
     def _on_message(self, message: MessageReceived) -> None:
         self._feed(lambda s: s.message(message.topic, message.payload))
 
-    def _deliver(self, out: Output) -> None:
-        if isinstance(out, Problem):
-            self._background(out.error)
-        elif isinstance(out, Received) and out.api:
-            name = out.inbox
-            if out.feature == METHODS and name not in self._inboxes:
-                name = "method:*"
-            self._inbox(name).put_nowait(out.value)
-        elif isinstance(out, Received):
-            self._call(_HANDLER_OF[out.feature], out.value)
+    def _put(self, inbox: str, value: Any) -> None:
+        self._inbox(inbox).put_nowait(value)
 
-    def _call(self, name: str, *args: Any) -> None:
-        handler = self._handlers.get(name)
-        if handler is None:
-            return
-        try:
-            result = handler(*args)
-        except Exception as exc:
-            log.exception("%s raised", name)
-            self._background(exc)
-            return
+    def _invoke(self, handler: Callable[..., Any], *args: Any) -> None:
+        result = handler(*args)
         if inspect.isawaitable(result):
             self._handler_tasks += 1
             if self._handler_tasks >= MAX_HANDLER_TASKS:
@@ -536,19 +437,6 @@ class IoTHubDeviceClient:
             self._handler_tasks -= 1
             if self._handler_tasks == MAX_HANDLER_TASKS // 4:
                 self._driver.pause_reading(False)
-
-    def _background(self, exc: BaseException) -> None:
-        handler = self._handlers.get("on_background_exception")
-        if handler is None:  # as v2: never dropped silently
-            log.warning("background error (no on_background_exception handler): %r", exc,
-                        exc_info=exc)
-            return
-        try:
-            result = handler(exc)
-            if inspect.isawaitable(result):
-                self._spawn(result)
-        except Exception:
-            log.exception("on_background_exception raised")
 
 
 def _loop_running() -> bool:
