@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._errors import ClientError
+from ._errors import ClientError, OperationCancelled
 from ._hubclient import (
     HubConfig,
     build_config,
@@ -69,7 +70,9 @@ class ClientFace:
     _config: HubConfig
     _session: HubSession
     _handlers: dict[str, Callable[..., Any] | None]
-    _inboxes: dict[str, Any]
+    _inboxes: dict[str, Any]  # name -> queue.Queue (sync) / asyncio.Queue
+    _inbox_type: Callable[[], Any]
+    _inbox_guard: AbstractContextManager[Any]  # the sync face's lock
     _outbox: Any
     _shutdown: bool
 
@@ -140,11 +143,27 @@ class ClientFace:
         if self._shutdown:
             raise ClientError("the client has been shut down")
 
-    def _handler_changed(self, key: str, feature: str,
-                         handler: Callable[..., Any] | None) -> None:
+    def _disconnecting(self) -> None:
+        """``disconnect()`` begins: twin requests end with ``OperationCancelled``,
+        renewal stops, the outbox stops sending."""
+        self._check_alive()
+        self._feed(lambda s: s.stopping(OperationCancelled("disconnect() was called")))
+        if self._outbox is not None:
+            self._outbox.disconnecting()
+
+    def _shutting_down(self) -> bool:
+        """``shutdown()`` begins (``False``: it already did); as ``_disconnecting``."""
+        if self._shutdown:
+            return False
+        self._shutdown = True
+        self._feed(lambda s: s.stopping(OperationCancelled("shutdown() was called")))
+        return True
+
+    def _feed(self, fact: Callable[[HubSession], list[Output]]) -> Any:
         raise NotImplementedError
 
-    def _put(self, inbox: str, value: Any) -> None:
+    def _handler_changed(self, key: str, feature: str,
+                         handler: Callable[..., Any] | None) -> None:
         raise NotImplementedError
 
     def _invoke(self, handler: Callable[..., Any], *args: Any) -> None:
@@ -160,9 +179,20 @@ class ClientFace:
             name = out.inbox
             if out.feature == METHODS and name not in self._inboxes:
                 name = "method:*"  # nobody waits for this method by name
-            self._put(name, out.value)
+            self._inbox(name).put_nowait(out.value)
         elif isinstance(out, Received):
             self._call(HANDLER_OF[out.feature], out.value)
+
+    def _inbox(self, name: str) -> Any:
+        """The inbox of a ``receive_*`` API: ``messages``, ``desired``,
+        ``method:{name}`` or ``method:*``."""
+        with self._inbox_guard:
+            box = self._inboxes.get(name)
+            if box is None:
+                box = self._inboxes[name] = self._inbox_type()
+                if self._shutdown:  # created after shutdown() woke the others
+                    box.put_nowait(CLOSED)
+            return box
 
     def _call(self, name: str, *args: Any) -> None:
         handler = self._handlers.get(name)

@@ -1,5 +1,5 @@
 """``IoTHubDeviceClient``: the azure-iot-device v2 device API on the thread
-driver: a thin face over the sans-IO ``HubSession`` (``_session.py``), which
+driver: a thin face over the sans-IO ``hs.HubSession`` (``_session.py``), which
 decides everything about the hub; this face waits, delivers and translates.
 
 Threads: the driver's I/O thread feeds the session its facts (connection
@@ -20,23 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 from iotdev_mqtt import MessageReceived
 
+from . import _session as hs
 from ._errors import ClientError, NoConnectionError, OperationCancelled, OperationTimeout
 from ._face import CLOSED, ClientFace, deprecated
 from ._hubclient import HubConfig, check_update_sastoken
 from ._models import Message, MethodRequest, MethodResponse
-from ._session import (
-    DESIRED,
-    MESSAGES,
-    METHODS,
-    HubSession,
-    Output,
-    Publish,
-    Reauthorize,
-    Subscribe,
-    TokenRequired,
-    TwinDone,
-    Unsubscribe,
-)
 from .transport._thread import Completion, ThreadDriver
 
 if TYPE_CHECKING:
@@ -52,10 +40,11 @@ class IoTHubDeviceClient(ClientFace):
 
     def __init__(self, config: HubConfig) -> None:
         self._config = config
-        self._session: HubSession = config.new_session()
+        self._session: hs.HubSession = config.new_session()
         self._lock = threading.Lock()  # the session, the waiters, the inboxes
         self._handlers: dict[str, Callable[..., Any] | None] = {}
         self._inboxes: dict[str, queue.Queue[Any]] = {}
+        self._inbox_type, self._inbox_guard = queue.Queue, self._lock
         self._twin_waiters: dict[str, Completion] = {}
         self._sub_waiters: dict[int, Completion] = {}
         self._session_up = Completion()  # resolved once the session heard of CONNACK
@@ -112,18 +101,13 @@ class IoTHubDeviceClient(ClientFace):
 
     def disconnect(self, *, timeout: float | None = None) -> None:
         """Disconnect; operations still pending end with ``OperationCancelled``."""
-        self._check_alive()
-        self._feed(lambda s: s.stopping(OperationCancelled("disconnect() was called")))
-        if self._outbox is not None:
-            self._outbox.disconnecting()
+        self._disconnecting()
         self._wait(self._driver.disconnect(), timeout, "disconnect")
 
     def shutdown(self) -> None:
         """Disconnect and release every resource; later calls raise ``ClientError``."""
-        if self._shutdown:
+        if not self._shutting_down():
             return
-        self._shutdown = True
-        self._feed(lambda s: s.stopping(OperationCancelled("shutdown() was called")))
         if self._outbox is not None:
             self._outbox.stop()
         self._driver.shutdown()
@@ -282,7 +266,7 @@ class IoTHubDeviceClient(ClientFace):
             return
         self._send(publish, timeout, "send_message")
 
-    def _send(self, publish: Publish, timeout: float | None, what: str) -> None:
+    def _send(self, publish: hs.Publish, timeout: float | None, what: str) -> None:
         self._ensure_connected()
         self._wait(self._driver.publish(publish.topic, publish.payload, 1, False), timeout, what)
 
@@ -314,7 +298,7 @@ class IoTHubDeviceClient(ClientFace):
     def send_method_response(self, method_response: MethodResponse, *,
                              timeout: float | None = None) -> None:
         self._check_alive()
-        self._send(HubSession.method_response(method_response), timeout,
+        self._send(hs.HubSession.method_response(method_response), timeout,
                    "send_method_response")
 
     def receive_method_request(self, method_name: str | None = None, block: bool = True,
@@ -322,7 +306,7 @@ class IoTHubDeviceClient(ClientFace):
         """Deprecated (v2 2.3.0): wait for a method request (of ``method_name``,
         or any)."""
         deprecated("receive_method_request", "on_method_request_received")
-        self._want(lambda s: s.use_receive_api(METHODS))
+        self._want(lambda s: s.use_receive_api(hs.METHODS))
         box = self._inbox(f"method:{method_name}" if method_name else "method:*")
         request: MethodRequest | None = self._take(box, block, timeout)
         return request
@@ -331,8 +315,8 @@ class IoTHubDeviceClient(ClientFace):
                         timeout: float | None = None) -> Message | None:
         """Deprecated (v2 2.3.0): wait for a cloud-to-device message."""
         deprecated("receive_message", "on_message_received")
-        self._want(lambda s: s.use_receive_api(MESSAGES))
-        message: Message | None = self._take(self._inbox(MESSAGES), block, timeout)
+        self._want(lambda s: s.use_receive_api(hs.MESSAGES))
+        message: Message | None = self._take(self._inbox(hs.MESSAGES), block, timeout)
         return message
 
     def receive_twin_desired_properties_patch(self, block: bool = True,
@@ -340,8 +324,8 @@ class IoTHubDeviceClient(ClientFace):
         """Deprecated (v2 2.3.0): wait for a desired-properties patch."""
         deprecated("receive_twin_desired_properties_patch",
                    "on_twin_desired_properties_patch_received")
-        self._want(lambda s: s.use_receive_api(DESIRED))
-        return self._take(self._inbox(DESIRED), block, timeout)
+        self._want(lambda s: s.use_receive_api(hs.DESIRED))
+        return self._take(self._inbox(hs.DESIRED), block, timeout)
 
     def get_twin(self, *, timeout: float | None = None) -> dict[str, Any]:
         """The twin's properties: ``{"desired": {...}, "reported": {...}}``.
@@ -387,7 +371,7 @@ class IoTHubDeviceClient(ClientFace):
                    before=lambda: self._handlers.__setitem__(key, handler),
                    connect=handler is not None)
 
-    def _want(self, change: Callable[[HubSession], list[Output]],
+    def _want(self, change: Callable[[hs.HubSession], list[hs.Output]],
               before: Callable[[], None] | None = None, connect: bool = True) -> None:
         """Apply a feature change to the session (raises ``ClientError`` for
         the receive-mode lock), connect when ``auto_connect`` allows, and wait
@@ -410,15 +394,6 @@ class IoTHubDeviceClient(ClientFace):
             except Exception:
                 pass  # reported to on_background_exception by the session
 
-    def _inbox(self, name: str) -> queue.Queue[Any]:
-        with self._lock:
-            box = self._inboxes.get(name)
-            if box is None:
-                box = self._inboxes[name] = queue.Queue()
-                if self._shutdown:  # created after shutdown() woke the others
-                    box.put(CLOSED)
-            return box
-
     def _take(self, box: queue.Queue[Any], block: bool, timeout: float | None) -> Any:
         try:
             item = box.get(block, timeout)
@@ -431,30 +406,30 @@ class IoTHubDeviceClient(ClientFace):
 
     # ------------------------------------------- the session's facts and outputs
 
-    def _feed(self, fact: Callable[[HubSession], list[Output]]) -> list[Completion]:
+    def _feed(self, fact: Callable[[hs.HubSession], list[hs.Output]]) -> list[Completion]:
         with self._lock:
             outputs = fact(self._session)
         return self._run(outputs)
 
-    def _run(self, outputs: list[Output]) -> list[Completion]:
+    def _run(self, outputs: list[hs.Output]) -> list[Completion]:
         """Carry out the session's outputs (never under the lock: a completion
         that is already done runs its callback at once).  Returns what a
         caller that changed a feature waits for."""
         waits: list[Completion] = []
         try:
             for out in outputs:
-                if isinstance(out, Publish):
+                if isinstance(out, hs.Publish):
                     sent = self._driver.publish(out.topic, out.payload, 1, False)
                     sent.add_done_callback(self._published(out.ref or ""))
-                elif isinstance(out, Subscribe):
+                elif isinstance(out, hs.Subscribe):
                     waits.append(self._subscribe(out))
-                elif isinstance(out, Unsubscribe):
+                elif isinstance(out, hs.Unsubscribe):
                     waits.append(self._driver.unsubscribe(list(out.filters)))
-                elif isinstance(out, Reauthorize):
+                elif isinstance(out, hs.Reauthorize):
                     self._driver.reauthorize()  # a fresh token is made for the new CONNECT
-                elif isinstance(out, TokenRequired):
+                elif isinstance(out, hs.TokenRequired):
                     self._driver.dispatch(lambda: self._call("on_new_sastoken_required"))
-                elif isinstance(out, TwinDone):
+                elif isinstance(out, hs.TwinDone):
                     with self._lock:
                         waiter = self._twin_waiters.pop(out.rid, None)
                     if waiter is not None and out.error is not None:
@@ -475,7 +450,7 @@ class IoTHubDeviceClient(ClientFace):
             self._feed(lambda s: s.published(ref, sent.exception(0)))
         return done
 
-    def _subscribe(self, out: Subscribe) -> Completion:
+    def _subscribe(self, out: hs.Subscribe) -> Completion:
         waiter = Completion()
         with self._lock:
             self._sub_waiters[out.key] = waiter
@@ -506,7 +481,7 @@ class IoTHubDeviceClient(ClientFace):
     def _intercept(self, message: MessageReceived) -> bool:
         """I/O thread: twin answers resolve their callers here, even while the
         handler thread is busy (a handler may be the caller)."""
-        if not HubSession.is_twin_answer(message.topic):
+        if not hs.HubSession.is_twin_answer(message.topic):
             return False
         self._feed(lambda s: s.message(message.topic, message.payload))
         return True
@@ -535,9 +510,6 @@ class IoTHubDeviceClient(ClientFace):
             outputs = self._session.message(message.topic, message.payload)
         for out in outputs:
             self._deliver(out)
-
-    def _put(self, inbox: str, value: Any) -> None:
-        self._inbox(inbox).put(value)
 
     def _invoke(self, handler: Callable[..., Any], *args: Any) -> None:
         handler(*args)

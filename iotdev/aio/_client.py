@@ -1,6 +1,6 @@
 """``iotdev.aio.IoTHubDeviceClient``: the azure-iot-device v2 asyncio device
 API on the asyncio driver (no threads): a thin face over the sans-IO
-``HubSession`` (``_session.py``), which decides everything about the hub; this
+``hs.HubSession`` (``_session.py``), which decides everything about the hub; this
 face awaits, delivers and translates.  Handlers may be plain functions or
 coroutine functions; they run on the client's event loop.  A handler set
 before any loop runs takes effect at ``connect()``."""
@@ -8,6 +8,7 @@ before any loop runs takes effect at ``connect()``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
@@ -16,23 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from iotdev_mqtt import MessageReceived
 
+from .. import _session as hs
 from .._errors import NoConnectionError, OperationCancelled, OperationTimeout
 from .._face import CLOSED, ClientFace, deprecated
 from .._hubclient import HubConfig, check_update_sastoken
 from .._models import Message, MethodRequest, MethodResponse
-from .._session import (
-    DESIRED,
-    MESSAGES,
-    METHODS,
-    HubSession,
-    Output,
-    Publish,
-    Reauthorize,
-    Subscribe,
-    TokenRequired,
-    TwinDone,
-    Unsubscribe,
-)
 from ..transport._asyncio import AsyncDriver
 
 if TYPE_CHECKING:
@@ -54,9 +43,10 @@ class IoTHubDeviceClient(ClientFace):
 
     def __init__(self, config: HubConfig) -> None:
         self._config = config
-        self._session: HubSession = config.new_session()
+        self._session: hs.HubSession = config.new_session()
         self._handlers: dict[str, Callable[..., Any] | None] = {}
         self._inboxes: dict[str, asyncio.Queue[Any]] = {}
+        self._inbox_type, self._inbox_guard = asyncio.Queue, contextlib.nullcontext()
         self._twin_waiters: dict[str, asyncio.Future[Any]] = {}
         self._sub_waiters: dict[int, asyncio.Future[None]] = {}
         self._shutdown = False
@@ -106,18 +96,13 @@ class IoTHubDeviceClient(ClientFace):
 
     async def disconnect(self, *, timeout: float | None = None) -> None:
         """As ``iotdev.IoTHubDeviceClient.disconnect`` (``timeout`` included)."""
-        self._check_alive()
-        self._feed(lambda s: s.stopping(OperationCancelled("disconnect() was called")))
-        if self._outbox is not None:
-            self._outbox.disconnecting()
+        self._disconnecting()
         await self._bounded(self._driver.disconnect(), timeout, "disconnect")
 
     async def shutdown(self) -> None:
         """As ``iotdev.IoTHubDeviceClient.shutdown``."""
-        if self._shutdown:
+        if not self._shutting_down():
             return
-        self._shutdown = True
-        self._feed(lambda s: s.stopping(OperationCancelled("shutdown() was called")))
         if self._outbox is not None:
             self._outbox.disconnecting()
         await self._driver.shutdown()
@@ -207,7 +192,7 @@ class IoTHubDeviceClient(ClientFace):
             return
         await self._send(publish, timeout, "send_message")
 
-    async def _send(self, publish: Publish, timeout: float | None, what: str) -> None:
+    async def _send(self, publish: hs.Publish, timeout: float | None, what: str) -> None:
         await self._ensure_connected()
         await self._bounded(self._driver.publish(publish.topic, publish.payload, 1, False),
                             timeout, what)
@@ -230,21 +215,21 @@ class IoTHubDeviceClient(ClientFace):
                                    timeout: float | None = None) -> None:
         """As ``iotdev.IoTHubDeviceClient.send_method_response``."""
         self._check_alive()
-        await self._send(HubSession.method_response(method_response), timeout,
+        await self._send(hs.HubSession.method_response(method_response), timeout,
                          "send_method_response")
 
     async def receive_message(self) -> Message:
         """Deprecated (v2 2.3.0): the next cloud-to-device message."""
         deprecated("receive_message", "on_message_received")
-        await self._want(lambda s: s.use_receive_api(MESSAGES))
-        message: Message = await self._take(self._inbox(MESSAGES))
+        await self._want(lambda s: s.use_receive_api(hs.MESSAGES))
+        message: Message = await self._take(self._inbox(hs.MESSAGES))
         return message
 
     async def receive_method_request(self, method_name: str | None = None) -> MethodRequest:
         """Deprecated (v2 2.3.0): the next method request (of ``method_name``,
         or any)."""
         deprecated("receive_method_request", "on_method_request_received")
-        await self._want(lambda s: s.use_receive_api(METHODS))
+        await self._want(lambda s: s.use_receive_api(hs.METHODS))
         box = self._inbox(f"method:{method_name}" if method_name else "method:*")
         request: MethodRequest = await self._take(box)
         return request
@@ -253,8 +238,8 @@ class IoTHubDeviceClient(ClientFace):
         """Deprecated (v2 2.3.0): the next desired-properties patch."""
         deprecated("receive_twin_desired_properties_patch",
                    "on_twin_desired_properties_patch_received")
-        await self._want(lambda s: s.use_receive_api(DESIRED))
-        return await self._take(self._inbox(DESIRED))
+        await self._want(lambda s: s.use_receive_api(hs.DESIRED))
+        return await self._take(self._inbox(hs.DESIRED))
 
     async def _take(self, box: asyncio.Queue[Any]) -> Any:
         item = await box.get()
@@ -299,7 +284,7 @@ class IoTHubDeviceClient(ClientFace):
         if handler is not None and not self._driver.connected and _loop_running():
             self._spawn(self._want(lambda s: []))  # auto_connect
 
-    async def _want(self, change: Callable[[HubSession], list[Output]]) -> None:
+    async def _want(self, change: Callable[[hs.HubSession], list[hs.Output]]) -> None:
         """Apply a feature change to the session (raises ``ClientError`` for
         the receive-mode lock), connect when ``auto_connect`` allows, and wait
         for the SUBSCRIBEs in flight."""
@@ -323,23 +308,15 @@ class IoTHubDeviceClient(ClientFace):
         if not task.cancelled() and task.exception() is not None:
             self._background(task.exception())  # type: ignore[arg-type]
 
-    def _inbox(self, name: str) -> asyncio.Queue[Any]:
-        box = self._inboxes.get(name)
-        if box is None:
-            box = self._inboxes[name] = asyncio.Queue()
-            if self._shutdown:  # created after shutdown() woke the others
-                box.put_nowait(CLOSED)
-        return box
-
     # ------------------------------------------- the session's facts and outputs
 
-    def _feed(self, fact: Callable[[HubSession], list[Output]]) -> None:
+    def _feed(self, fact: Callable[[hs.HubSession], list[hs.Output]]) -> None:
         self._run(fact(self._session))
 
-    def _run(self, outputs: list[Output]) -> None:
+    def _run(self, outputs: list[hs.Output]) -> None:
         """Carry out the session's outputs on the driver; deliver its events."""
         for out in outputs:
-            if isinstance(out, Publish):
+            if isinstance(out, hs.Publish):
                 ref = out.ref or ""
                 try:
                     sent = self._driver.publish(out.topic, out.payload, 1, False)
@@ -347,15 +324,15 @@ class IoTHubDeviceClient(ClientFace):
                     self._run(self._session.published(ref, exc))
                     continue
                 sent.add_done_callback(self._published(ref))
-            elif isinstance(out, Subscribe):
+            elif isinstance(out, hs.Subscribe):
                 self._subscribe(out)
-            elif isinstance(out, Unsubscribe):
+            elif isinstance(out, hs.Unsubscribe):
                 self._spawn(self._driver.unsubscribe(list(out.filters)))
-            elif isinstance(out, Reauthorize):
+            elif isinstance(out, hs.Reauthorize):
                 self._spawn(self._driver.reauthorize())  # a fresh token for the new CONNECT
-            elif isinstance(out, TokenRequired):
+            elif isinstance(out, hs.TokenRequired):
                 self._call("on_new_sastoken_required")
-            elif isinstance(out, TwinDone):
+            elif isinstance(out, hs.TwinDone):
                 waiter = self._twin_waiters.pop(out.rid, None)
                 if waiter is not None and not waiter.done():
                     if out.error is not None:
@@ -372,7 +349,7 @@ class IoTHubDeviceClient(ClientFace):
                 self._feed(lambda s: s.published(ref, sent.exception()))
         return done
 
-    def _subscribe(self, out: Subscribe) -> None:
+    def _subscribe(self, out: hs.Subscribe) -> None:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._sub_waiters[out.key] = waiter
 
@@ -417,9 +394,6 @@ class IoTHubDeviceClient(ClientFace):
 
     def _on_message(self, message: MessageReceived) -> None:
         self._feed(lambda s: s.message(message.topic, message.payload))
-
-    def _put(self, inbox: str, value: Any) -> None:
-        self._inbox(inbox).put_nowait(value)
 
     def _invoke(self, handler: Callable[..., Any], *args: Any) -> None:
         result = handler(*args)
