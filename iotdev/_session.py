@@ -249,6 +249,7 @@ class HubSession:
         self._twin: dict[str, _TwinRequest] = {}
         self.last_desired_version: int | None = None
         self._renewal = _Renewal(own_key) if own_key is not None else None
+        self._reauthorizing = False  # the next drop is ours: the driver reconnects
 
     # ---------------------------------------------------------- receive mode
 
@@ -346,6 +347,7 @@ class HubSession:
         CONNECT carried (``None``: X.509, or unchanged).  Subscribes every
         wanted feature, recovers twin requests, refreshes desired properties."""
         self.connected = True
+        self._reauthorizing = False
         self.subscribed.clear()
         self._subscribing.clear()
         out: list[Output] = []
@@ -374,6 +376,7 @@ class HubSession:
         Notes which twin requests the hub had acknowledged; without a retry
         every twin request fails."""
         self.connected = False
+        retrying = retrying or self._reauthorizing
         self.subscribed.clear()
         self._subscribing.clear()
         if self._renewal is not None and self._renewal.own_key:
@@ -393,6 +396,12 @@ class HubSession:
 
     # -------------------------------------------------------------- renewal
 
+    def reauthorizing(self) -> None:
+        """Command: the face reconnects with new credentials (``update_sastoken``):
+        the drop that follows is not the end of the twin requests, whatever
+        the driver's retry policy."""
+        self._reauthorizing = self.connected
+
     def token_updated(self, now: float, expiry: float) -> list[Output]:
         """Fact: the application gave a new token (``update_sastoken``)."""
         if self._renewal is not None:
@@ -411,6 +420,7 @@ class HubSession:
             return []
         renewal.at = None
         if renewal.own_key:
+            self.reauthorizing()
             return [Reauthorize()] if self.connected else []
         renewal.asked = True
         return [TokenRequired()]

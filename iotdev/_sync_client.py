@@ -48,6 +48,7 @@ class IoTHubDeviceClient(ClientFace):
         self._twin_waiters: dict[str, Completion] = {}
         self._sub_waiters: dict[int, Completion] = {}
         self._session_up = Completion()  # resolved once the session heard of CONNACK
+        self._armed: float | None = None  # the renewal deadline the driver's timer has
         self._event_connected = False
         self._shutdown = False
         self._http_sessions: set[Any] = set()  # HTTPSessions of calls in progress
@@ -227,6 +228,8 @@ class IoTHubDeviceClient(ClientFace):
         expiry = check_update_sastoken(self._config, sastoken)
         self._feed(lambda s: s.token_updated(time.time(), expiry))
         if self._driver.connected:
+            with self._lock:
+                self._session.reauthorizing()
             self._wait(self._driver.reauthorize(), None, "reauthorize")
         else:
             self.connect()
@@ -467,7 +470,11 @@ class IoTHubDeviceClient(ClientFace):
         return waiter
 
     def _arm_renewal(self) -> None:
-        deadline = self._session.next_deadline()
+        with self._lock:
+            deadline = self._session.next_deadline()
+            if deadline == self._armed:
+                return
+            self._armed = deadline
         when = None if deadline is None else time.monotonic() + max(0.0, deadline - time.time())
         try:
             self._driver.set_timer("sas-renewal", when, self._renew)
@@ -476,6 +483,7 @@ class IoTHubDeviceClient(ClientFace):
 
     def _renew(self) -> None:
         """I/O thread: the session's deadline passed."""
+        self._armed = None  # re-armed below, whatever was armed meanwhile
         self._feed(lambda s: s.tick(time.time()))
 
     def _intercept(self, message: MessageReceived) -> bool:

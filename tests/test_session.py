@@ -283,6 +283,30 @@ def test_every_twin_request_fails_when_the_driver_gives_up() -> None:
     assert isinstance(pair.done()[held].error, ConnectionDroppedError)
 
 
+def test_a_renewal_drop_keeps_twin_requests_even_without_retry() -> None:
+    # connection_retry=False: the driver reports no retry, but a reauthorization
+    # reconnects anyway; the session must not fail what is in flight.
+    pair = SessionPair(own_key=True)
+    pair.answer = False
+    pair.connect(expiry=pair.now + 60)
+    rid, outputs = pair.session.twin_request("GET")
+    pair.do(outputs)
+    pair.now = pair.session.next_deadline() or 0.0
+    assert pair.session.tick(pair.now) == [Reauthorize()]
+    pair.drop(retrying=False)
+    pair.answer = True
+    pair.connect(expiry=pair.now + 60)
+    assert pair.done()[rid].result == pair.twin
+    pair.answer = False
+    second, outputs = pair.session.twin_request("PATCH", {"a": 1})
+    pair.do(outputs)
+    pair.session.reauthorizing()  # update_sastoken does the same
+    pair.drop(retrying=False)
+    assert second not in pair.done()  # not failed: the reconnect decides its fate
+    pair.connect()
+    assert isinstance(pair.done()[second].error, ConnectionDroppedError)  # acked PATCH
+
+
 def test_request_made_while_disconnected_waits_for_the_twin_subscription() -> None:
     pair = SessionPair()
     rid, outputs = pair.session.twin_request("GET")

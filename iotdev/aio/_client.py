@@ -52,6 +52,7 @@ class IoTHubDeviceClient(ClientFace):
         self._shutdown = False
         self._http_sessions: set[Any] = set()  # HTTPSessions of calls in progress
         self._renew_handle: asyncio.TimerHandle | None = None
+        self._armed: float | None = None  # the deadline _renew_handle is for
         self._tasks: set[asyncio.Task[Any]] = set()
         self._handler_tasks = 0  # coroutine handlers still running (back-pressure)
         outbox = config.open_outbox()  # outbox_path
@@ -172,6 +173,7 @@ class IoTHubDeviceClient(ClientFace):
         expiry = check_update_sastoken(self._config, sastoken)
         self._feed(lambda s: s.token_updated(time.time(), expiry))
         if self._driver.connected:
+            self._session.reauthorizing()
             await self._driver.reauthorize()
         else:
             await self.connect()
@@ -373,12 +375,19 @@ class IoTHubDeviceClient(ClientFace):
 
     def _arm_renewal(self) -> None:
         deadline = self._session.next_deadline()
+        if deadline == self._armed and (self._renew_handle is not None or deadline is None):
+            return
+        self._armed = deadline
         if self._renew_handle is not None:
             self._renew_handle.cancel()
             self._renew_handle = None
         if deadline is not None and _loop_running():
             self._renew_handle = asyncio.get_running_loop().call_later(
-                max(0.0, deadline - time.time()), self._feed, lambda s: s.tick(time.time()))
+                max(0.0, deadline - time.time()), self._renew)
+
+    def _renew(self) -> None:
+        self._renew_handle = None
+        self._feed(lambda s: s.tick(time.time()))
 
     def _on_state(self, connected: bool, reason: str | None) -> None:
         if connected:
