@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ClientFace", "deprecated"]
 
-log = logging.getLogger("iotdev")
+log = logging.getLogger(__name__)
 
 RECEIVE_HANDLERS = {"on_message_received": MESSAGES, "on_method_request_received": METHODS,
                     "on_twin_desired_properties_patch_received": DESIRED}

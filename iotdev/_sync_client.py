@@ -11,7 +11,6 @@ included) without deadlocking."""
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 import time
@@ -31,8 +30,6 @@ if TYPE_CHECKING:
     from ._outbox_sender import ThreadSender
 
 __all__ = ["IoTHubDeviceClient"]
-
-log = logging.getLogger(__name__)
 
 
 class IoTHubDeviceClient(ClientFace):

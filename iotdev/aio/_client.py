@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -28,8 +27,6 @@ if TYPE_CHECKING:
     from .._outbox_sender import AsyncSender
 
 __all__ = ["IoTHubDeviceClient"]
-
-log = logging.getLogger(__name__)
 
 # Back-pressure: while this many coroutine handlers are still running, the
 # client stops reading from the hub (and resumes at a quarter of it), so a
