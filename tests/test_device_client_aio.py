@@ -1277,14 +1277,15 @@ def test_full_offline_queue_raises_a_client_error(own_hub: dict[str, Hub], aio: 
     aio.run(body)
 
 
-def test_max_queued_messages_zero_is_refused_or_usable(dev: str, aio: Aio) -> None:
-    try:
-        client = aio.make(dev, max_queued_messages=0)
-    except ValueError:
-        return  # refusing it is fine too
+def test_max_queued_messages_zero_is_refused(hub: Hub, dev: str, aio: Aio) -> None:
+    with pytest.raises(ValueError, match="max_queued_messages must be at least 1"):
+        aio.make(dev, max_queued_messages=0)
+    client = aio.make(dev, max_queued_messages=1)
 
     async def body() -> None:
         await client.send_message("connected: nothing has to wait")
+        assert [m.body for m in await hub.await_telemetry(dev, 1)] == [
+            b"connected: nothing has to wait"]
 
     aio.run(body)
 
