@@ -243,6 +243,7 @@ class HubSession:
         self.wanted: set[str] = set()
         self.subscribed: set[str] = set()
         self._subscribing: dict[str, int] = {}  # feature -> key of its SUBSCRIBE
+        self._sent: dict[int, tuple[str, ...]] = {}  # SUBSCRIBE key -> its features, in order
         self._keys = 0
         self.connected = False
         self.mode: str | None = None  # "handler" | "api" (v2's receive-mode lock)
@@ -311,14 +312,16 @@ class HubSession:
         self._keys += 1
         for f in todo:
             self._subscribing[f] = self._keys
+        self._sent[self._keys] = todo
         return [Subscribe(self._keys, todo, tuple(self.identity.topic_filter(f) for f in todo))]
 
     def subscribed_ok(self, key: int, return_codes: tuple[int, ...] | list[int]) -> list[Output]:
         """Fact: SUBACK for ``Subscribe(key)``.  A refused filter (0x80) is a
         ``Problem``; held twin requests leave once ``twin`` is subscribed."""
         out: list[Output] = []
-        features = [f for f, k in self._subscribing.items() if k == key]
-        for index, f in enumerate(features):
+        for index, f in enumerate(self._sent.pop(key, ())):
+            if self._subscribing.get(f) != key:
+                continue  # dropped meanwhile (a handler cleared), or a new connection
             del self._subscribing[f]
             code = return_codes[index] if index < len(return_codes) else 0x80
             if code == 0x80:
@@ -336,8 +339,9 @@ class HubSession:
     def subscribe_failed(self, key: int, error: BaseException) -> list[Output]:
         """Fact: ``Subscribe(key)`` failed (the connection dropped first):
         tried again on the next connection."""
-        for f in [f for f, k in self._subscribing.items() if k == key]:
-            del self._subscribing[f]
+        for f in self._sent.pop(key, ()):
+            if self._subscribing.get(f) == key:
+                del self._subscribing[f]
         return [Problem(error)] if self.connected else []
 
     # ------------------------------------------------------------ connection
@@ -350,6 +354,7 @@ class HubSession:
         self._reauthorizing = False
         self.subscribed.clear()
         self._subscribing.clear()
+        self._sent.clear()  # answers to the last connection's SUBSCRIBEs no longer count
         out: list[Output] = []
         if self._renewal is not None and token_expiry is not None:
             if self._renewal.own_key or (self._renewal.at is None and not self._renewal.asked):

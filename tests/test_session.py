@@ -400,6 +400,18 @@ def test_subscribe_once_per_feature_per_connection() -> None:
     assert sorted(f for sub in pair.hub_subscribes for f in sub) == sorted(filters)
 
 
+def test_suback_codes_follow_the_filters_sent_when_a_feature_is_dropped_meanwhile() -> None:
+    session = HubSession(DEVICE, ensure_desired_properties=False)
+    session.set_handler(METHODS, True)
+    session.set_handler(DESIRED, True)
+    (sub,) = session.connected_fact(0.0)
+    assert isinstance(sub, Subscribe) and sub.features == (METHODS, DESIRED, TWIN)
+    assert [type(o) for o in session.set_handler(METHODS, False)] == [Unsubscribe]
+    out = session.subscribed_ok(sub.key, (1, 0x80, 1))  # the hub refused the desired filter
+    assert [type(o) for o in out] == [Problem] and DESIRED in str(out[0].error)  # type: ignore[union-attr]
+    assert session.subscribed == {TWIN}
+
+
 def test_clearing_a_handler_unsubscribes_and_stays_unsubscribed() -> None:
     pair = connected()
     pair.do(pair.session.set_handler(METHODS, True))
