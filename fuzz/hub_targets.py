@@ -25,7 +25,7 @@ every topic parser:
 
 1. each returns ``None`` or a tuple of the documented types, never raises;
 2. at most one of the C2D, method request, twin response and desired-patch
-   parsers (the ones ``_hubclient.parse_incoming`` dispatches on) recognises a
+   parsers (the ones ``_session.HubSession.message`` dispatches on) recognises a
    topic; a strict desired-patch match is also a lenient one;
 3. what a parser returns, given to the matching builder, builds a topic that
    parses back to the same values (when the builder accepts it: ids with ``+``,

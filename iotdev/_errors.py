@@ -15,15 +15,16 @@
     ├── ConnectionDroppedError         the connection was lost during the operation
     ├── NoConnectionError              not connected and auto-connect is off
     └── CredentialError                CONNACK 4/5: bad or expired credentials
+    └── ServiceError                   the service answered with an error status
+        └── ProvisioningServiceError   DPS refused or failed a registration
     OperationTimeout                   an operation did not complete in time
     OperationCancelled                 shutdown / disconnect cancelled an operation
-    ServiceError                       the service answered with an error status
-    ProvisioningServiceError           DPS refused or failed a registration
-                                       (a ServiceError and a ClientError)
 
-As in v2, ``OperationTimeout``, ``OperationCancelled`` and ``ServiceError`` are
-not ``ClientError`` subclasses.  Every error raised at the transport boundary
-chains the original exception (``raise ... from exc``).
+As in v2, ``OperationTimeout`` and ``OperationCancelled`` are not
+``ClientError`` subclasses.  v2 raises ``ClientError`` for a twin or file-upload
+call the service refused; ``ServiceError`` (status, code, retry_after) is a
+``ClientError`` so that both ``except`` clauses catch it.  Every error raised
+at the transport boundary chains the original exception (``raise ... from exc``).
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ class OperationCancelled(Exception):
     """The operation was cancelled (shutdown, disconnect)."""
 
 
-class ServiceError(Exception):
+class ServiceError(ClientError):
     """The service answered with an error status.
 
     Attributes:
@@ -161,7 +162,7 @@ class ServiceError(Exception):
         return self.status == 429
 
 
-class ProvisioningServiceError(ServiceError, ClientError):
+class ProvisioningServiceError(ServiceError):
     """The Device Provisioning Service refused the registration (an HTTP-like
     status from 300 to 428 other than 429) or ended it as ``failed`` or
     ``disabled``.  Also a ``ClientError``: azure-iot-device v2 raises

@@ -1,29 +1,25 @@
-"""What the sync and asyncio IoT Hub device clients share: option validation,
-authentication (SAS generation and renewal, X.509), the endpoint, and the
-translation between ``Message`` / method / twin objects and MQTT topics.
-No I/O here."""
+"""The configuration of an IoT Hub client: the factories' option validation
+(as azure-iot-device v2 validates them), authentication (SAS tokens from a key
+or the application, X.509), the endpoints.  The hub behaviour itself is the
+sans-IO ``HubSession`` (``_session.py``).  No I/O here."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from iotdev_mqtt import MessageReceived
-
-from . import _hub_topics as topics
 from ._auth import (
     ConnectionString,
     build_username,
     device_resource_uri,
     generate_sas_token,
+    parse_device_resource_uri,
     parse_sas_token,
 )
-from ._errors import ClientError, ServiceError
-from ._models import Message, MethodRequest, MethodResponse
+from ._errors import ClientError
+from ._session import HubSession, Identity
 from .transport._credentials import X509
 from .transport._endpoint import Endpoint
 from .transport._options import ConnectOptions, Credentials, ReconnectPolicy
@@ -32,11 +28,10 @@ if TYPE_CHECKING:
     from ._outbox import Outbox
     from ._upload import UploadConfig
 
-__all__ = ["HubConfig", "ParsedIncoming", "build_config"]
+__all__ = ["HubConfig", "build_config", "check_update_sastoken", "config_from_connection_string",
+           "config_from_sastoken"]
 
-D2C_LIMIT = 262_144
 DEFAULT_OPERATION_TIMEOUT = 120.0
-RENEW_MARGIN = 120.0  # seconds before expiry: renew (own keys) or ask for a token
 
 _BOOL_OPTIONS = ("websockets", "auto_connect", "connection_retry", "ensure_desired_properties")
 _KNOWN_OPTIONS = {
@@ -48,6 +43,7 @@ _KNOWN_OPTIONS = {
     "outbox_path", "outbox_max_bytes", "outbox_overflow",
     "model_id",  # Plug and Play (issue 15)
 }
+_INT_LIKE_OPTIONS = ("keep_alive", "connection_retry_interval")
 DEFAULT_OUTBOX_MAX_BYTES = 64 * 1024 * 1024
 OUTBOX_WINDOW = 64  # outbox rows in flight at most (capped by max_queued_messages)
 
@@ -190,6 +186,13 @@ class HubConfig:
         return ReconnectPolicy(enabled=self.connection_retry,
                                interval=float(self.connection_retry_interval))
 
+    def new_session(self) -> HubSession:
+        """The sans-IO hub session of a client with this configuration."""
+        own_key = None if self.x509 is not None else self.symmetric_key is not None
+        return HubSession(Identity(self.device_id, self.module_id),
+                          ensure_desired_properties=self.ensure_desired_properties,
+                          own_key=own_key)
+
 
 def _check_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(kwargs) - _KNOWN_OPTIONS)
@@ -211,6 +214,14 @@ def _check_options(kwargs: dict[str, Any]) -> dict[str, Any]:
 
         if not isinstance(proxy, ProxyOptions):
             raise TypeError("proxy_options must be a ProxyOptions")
+    for name in _INT_LIKE_OPTIONS:  # v2 passes these through int(): "30" and 30.0 are fine
+        value = kwargs.get(name)
+        if isinstance(value, str | float) and not isinstance(value, bool):
+            try:
+                kwargs[name] = int(value)
+            except (ValueError, OverflowError):
+                raise TypeError(f"Invalid type for {name!r}: must be a numeric value, "
+                                f"got {value!r}") from None
     for name, low, high in (("sastoken_ttl", 1, None), ("keep_alive", 1, 1740),
                             ("connection_retry_interval", 1, None), ("port", 1, 65535),
                             ("max_queued_messages", 1, None), ("https_port", 1, 65535),
@@ -250,6 +261,18 @@ def build_config(*, hostname: str, device_id: str, module_id: str | None = None,
                  x509: X509 | None = None, **kwargs: Any) -> HubConfig:
     """Validate the factory arguments into a ``HubConfig``."""
     options = _check_options(kwargs)
+    for name, value in (("hostname", hostname), ("device_id", device_id)):
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+        if not value:
+            raise ValueError(f"{name} must not be empty")
+    if x509 is not None:
+        if "sastoken_ttl" in options:  # as v2: no token to live
+            raise TypeError("Unsupported keyword argument: 'sastoken_ttl' (X.509 "
+                            "authentication uses no SAS token)")
+        for path in (x509.certificate_file, x509.key_file):
+            if not os.path.isfile(path):  # as v2 (at connect there), but at once
+                raise FileNotFoundError(2, "No such X.509 certificate or key file", path)
     config = HubConfig(hostname=hostname, device_id=device_id, module_id=module_id,
                        symmetric_key=symmetric_key, sastoken=sastoken, x509=x509, **options)
     if config.model_id is not None:
@@ -273,125 +296,64 @@ def config_from_connection_string(connection_string: str, **kwargs: Any) -> HubC
     x509 = kwargs.pop("x509", None)
     if cs.x509 and x509 is None:
         raise ValueError("the connection string says x509=true: pass x509=X509(...)")
-    if cs.gateway_host_name and "gateway_hostname" not in kwargs:
+    if "gateway_hostname" in kwargs:  # as v2: it comes from the connection string
+        raise TypeError("Unsupported keyword argument: 'gateway_hostname' (with a connection "
+                        "string, use its GatewayHostName=)")
+    if cs.gateway_host_name:
         kwargs["gateway_hostname"] = cs.gateway_host_name
     return build_config(hostname=cs.host_name, device_id=cs.device_id,
                         symmetric_key=cs.shared_access_key, x509=x509, **kwargs)
 
 
-def config_from_sastoken(sastoken: str, **kwargs: Any) -> HubConfig:
+def config_from_sastoken(sastoken: str, module: bool = False, **kwargs: Any) -> HubConfig:
     if not isinstance(sastoken, str):
         raise TypeError("sastoken must be a str")
-    parsed = parse_sas_token(sastoken)
-    parts = parsed.resource_uri.split("/")
-    if len(parts) not in (3, 5) or parts[1] != "devices":
-        raise ValueError("the SAS token's resource is not a device "
-                         "('{hostname}/devices/{device_id}')")
     if "sastoken_ttl" in kwargs:
         raise TypeError("sastoken_ttl does not apply to a client made from a SAS token")
-    return build_config(hostname=parts[0], device_id=parts[2], sastoken=sastoken, **kwargs)
+    hostname, device_id, module_id = _token_identity(sastoken, module)
+    return build_config(hostname=hostname, device_id=device_id, module_id=module_id,
+                        sastoken=sastoken, **kwargs)
 
 
-def feature_filter(feature: str, config: HubConfig) -> str:
-    """The topic filter a client feature subscribes to."""
-    if feature == "c2d":
-        return topics.c2d_subscribe_filter(config.device_id)
-    return {
-        "methods": topics.METHOD_SUBSCRIBE_FILTER,
-        "twin_patches": topics.TWIN_DESIRED_SUBSCRIBE_FILTER,
-        "twin": topics.TWIN_RESPONSE_SUBSCRIBE_FILTER,
-    }[feature]
-
-
-# ----------------------------------------------------------------- messages
-
-
-def telemetry_publish(config: HubConfig, message: Any) -> tuple[str, bytes]:
-    """Topic and body for ``send_message``; anything not a ``Message`` becomes one.
+def _token_identity(sastoken: str, module: bool) -> tuple[str, str, str | None]:
+    """``(hostname, device_id, module_id)`` of a SAS token a client may use, as
+    v2 checks it.
 
     Raises:
-        ValueError: the message is over IoT Hub's 256 KB (body plus properties).
+        ValueError: malformed, expired, or a module's token on a device client
+            (or the reverse).
     """
-    if not isinstance(message, Message):
-        message = Message(message)
-    body = message.body_bytes()
-    bag = topics.encode_property_bag(topics.d2c_system_pairs(message), message.custom_properties)
-    size = message.get_size()
-    if size > D2C_LIMIT:
-        raise ValueError(f"the message is {size} bytes (body and properties); IoT Hub's "
-                         f"limit is {D2C_LIMIT} (256 KB)")
-    return topics.telemetry_topic(config.device_id, config.module_id, bag), body
-
-
-@dataclass
-class ParsedIncoming:
-    """A received message sorted by kind: ``c2d``, ``method``, ``desired`` or ``other``."""
-
-    kind: str
-    value: Any = None
-
-
-def parse_incoming(config: HubConfig, message: MessageReceived) -> ParsedIncoming:
-    topic = message.topic
-    c2d = topics.parse_c2d_topic(topic)
-    if c2d is not None and c2d[0] == config.device_id:
-        received = Message(message.payload)
-        attrs, custom = topics.split_received_properties(topics.decode_property_bag(c2d[1]))
-        for attribute, value in attrs.items():
-            setattr(received, attribute, value)
-        received.custom_properties = custom
-        return ParsedIncoming("c2d", received)
-    method = topics.parse_method_request_topic(topic)
-    if method is not None:
-        name, rid = method
-        payload = json.loads(message.payload.decode("utf-8") or "null")
-        return ParsedIncoming("method", MethodRequest(rid, name, payload))
-    if topics.parse_twin_desired_patch_topic(topic) is not None:
-        return ParsedIncoming("desired", json.loads(message.payload.decode("utf-8") or "null"))
-    return ParsedIncoming("other", message)
-
-
-def method_response_publish(response: MethodResponse) -> tuple[str, bytes]:
-    if not isinstance(response, MethodResponse):
-        raise TypeError("send_method_response takes a MethodResponse")
-    if isinstance(response.status, bool) or not isinstance(response.status, int):
-        raise TypeError("MethodResponse.status must be an int")
-    body = json.dumps(response.payload).encode("utf-8")
-    return topics.method_response_topic(response.status, response.request_id), body
-
-
-class TwinRequests:
-    """Twin GET / reported PATCH requests by ``$rid``, kept until answered so
-    that they can be re-sent after a reconnect."""
-
-    def __init__(self) -> None:
-        self.pending: dict[str, tuple[str, bytes, Any]] = {}
-
-    def new(self, kind: str, patch: Any = None) -> tuple[str, str, bytes]:
-        rid = str(uuid.uuid4())
-        if kind == "GET":
-            return rid, topics.twin_get_topic(rid), b" "
-        return rid, topics.twin_patch_reported_topic(rid), json.dumps(patch).encode("utf-8")
-
-    @staticmethod
-    def parse_response(message: MessageReceived) -> tuple[int, str, int | None] | None:
-        return topics.parse_twin_response_topic(message.topic)
-
-    @staticmethod
-    def outcome(status: int, body: bytes) -> Any:
-        """The twin document (GET), ``None`` (PATCH), or raise ``ServiceError``."""
-        if status >= 300:
-            raise ServiceError(f"twin operation returned status {status}", status=status)
-        text = body.decode("utf-8").strip()
-        return json.loads(text) if text else None
-
-
-def check_update_sastoken(config: HubConfig, sastoken: str) -> None:
-    """Validate ``update_sastoken``: only for token-made clients, same resource."""
-    if config.sastoken is None:
-        raise ClientError("update_sastoken() is only for clients created from a SAS token")
     parsed = parse_sas_token(sastoken)
-    if parsed.resource_uri != config.resource_uri():
-        raise ValueError("the new SAS token is for another resource")
+    hostname, device_id, module_id = parse_device_resource_uri(parsed.resource_uri)
+    if module_id and not module:
+        raise ValueError("Provided SasToken is for a module")
+    if module and not module_id:
+        raise ValueError("Provided SasToken is for a device")
+    if parsed.expiry < int(time.time()):
+        raise ValueError("Provided SasToken has already expired")
+    return hostname, device_id, module_id
+
+
+def check_update_sastoken(config: HubConfig, sastoken: str) -> float:
+    """Validate ``update_sastoken`` as v2 does and store the token; returns its
+    expiry.
+
+    Raises:
+        ClientError: the client was not created from a SAS token.
+        ValueError: malformed, expired, or for another hub, device or module;
+            the current token stays.
+    """
+    if config.sastoken is None:
+        raise ClientError("Cannot update sastoken when client was not created with one")
+    if not isinstance(sastoken, str):
+        raise TypeError("sastoken must be a str")
+    hostname, device_id, module_id = _token_identity(sastoken, config.module_id is not None)
+    if (hostname, device_id, module_id) != (config.hostname, config.device_id,
+                                           config.module_id):
+        raise ValueError("Provided SasToken does not match the existing hostname, device id "
+                         "or module id")
     config.sastoken = sastoken
-    config.token_expiry = float(parsed.expiry)
+    config.token_expiry = float(parse_sas_token(sastoken).expiry)
+    return config.token_expiry
+
+

@@ -164,8 +164,8 @@ def passes_through(layer: Layer) -> None:
 
 @pytest.mark.parametrize(
     ("given", "name", "socks"),
-    [("HTTP", "HTTP", 3), ("http", "HTTP", 3), ("SOCKS4", "SOCKS4", 1), ("socks4", "SOCKS4", 1),
-     ("Socks5", "SOCKS5", 2), (3, "HTTP", 3), (1, "SOCKS4", 1), (2, "SOCKS5", 2)],
+    [("HTTP", "HTTP", 3), ("SOCKS4", "SOCKS4", 1), ("SOCKS5", "SOCKS5", 2), (3, "HTTP", 3),
+     (1, "SOCKS4", 1), (2, "SOCKS5", 2)],
 )
 def test_proxy_options_types(given: Any, name: str, socks: int) -> None:
     options = ProxyOptions(given, "proxy.example", 3128, "u", "p")
@@ -179,6 +179,12 @@ def test_proxy_options_invalid_type(given: Any) -> None:
     with pytest.raises(ValueError) as info:
         ProxyOptions(given, "proxy.example", 8080)
     assert str(info.value) == "Invalid Proxy Type"
+
+
+@pytest.mark.parametrize("given", ["http", "socks4", "Socks5", " HTTP"])
+def test_proxy_options_type_names_are_upper_case_as_in_v2(given: str) -> None:
+    with pytest.raises(ValueError, match=r"Invalid Proxy Type .*upper case"):
+        ProxyOptions(given, "proxy.example", 8080)
 
 
 def test_proxy_options_port_is_converted_with_int() -> None:
@@ -205,7 +211,7 @@ def test_proxy_options_repr_hides_the_password() -> None:
 
 
 def test_proxy_layer_picks_the_layer() -> None:
-    http = proxy_layer(ProxyOptions("http", "10.0.0.1", 3128, USER, PASSWORD), "hub", 443)
+    http = proxy_layer(ProxyOptions("HTTP", "10.0.0.1", 3128, USER, PASSWORD), "hub", 443)
     assert isinstance(http, HttpConnectLayer) and http.proxy == "10.0.0.1:3128"
     http.start()
     assert b"Proxy-Authorization: Basic " + BASIC_ALICE + b"\r\n" in http.data_to_send()
@@ -831,7 +837,7 @@ def test_http_connect_through_tinyproxy(
 def test_http_connect_basic_auth_through_tinyproxy(
     tinyproxy_auth: ProxyProcess, mosquitto: Mosquitto, test_ca: CertAuthority, tls: bool
 ) -> None:
-    options = ProxyOptions("http", tinyproxy_auth.host, tinyproxy_auth.port, USER, PASSWORD)
+    options = ProxyOptions("HTTP", tinyproxy_auth.host, tinyproxy_auth.port, USER, PASSWORD)
     layer = proxy_layer(options, "localhost", target_port(mosquitto, tls))
     mqtt_round_trip(opened(tinyproxy_auth, layers_for(layer, tls, test_ca)))
 

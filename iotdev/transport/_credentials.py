@@ -11,11 +11,23 @@ __all__ = ["X509"]
 @dataclass(frozen=True)
 class X509:
     """A client certificate, as in azure-iot-device: file paths and an optional
-    pass phrase for the key."""
+    pass phrase for the key; read-only, as in v2 (``certificate_file``,
+    ``key_file``, ``pass_phrase``; ``cert_file`` is an alias).
+
+    Args:
+        cert_file: the certificate (or chain) file, PEM.
+        key_file: its private key file, PEM.
+        pass_phrase: the key's pass phrase, if it is encrypted.
+    """
 
     cert_file: str
     key_file: str
     pass_phrase: str | None = None
 
+    @property
+    def certificate_file(self) -> str:
+        """The certificate (or chain) file, as v2 names it."""
+        return self.cert_file
+
     def __repr__(self) -> str:  # never show the pass phrase
-        return f"X509(cert_file={self.cert_file!r}, key_file={self.key_file!r})"
+        return f"X509(certificate_file={self.cert_file!r}, key_file={self.key_file!r})"

@@ -80,8 +80,9 @@ class ProxyOptions:
     """Where and how to reach a proxy, as ``azure.iot.device.ProxyOptions`` (v2).
 
     Args:
-        proxy_type: ``"HTTP"``, ``"SOCKS4"`` or ``"SOCKS5"`` (any case), or for
-            backward compatibility PySocks' constants 3, 1 and 2.
+        proxy_type: ``"HTTP"``, ``"SOCKS4"`` or ``"SOCKS5"`` (upper case, as
+            v2 requires), or for backward compatibility PySocks' constants 3, 1
+            and 2.
         proxy_addr: the proxy's host name or IP address.
         proxy_port: the proxy's port; anything ``int()`` accepts.
         proxy_username: Basic-auth user name (HTTP), user id (SOCKS4) or RFC 1929
@@ -95,8 +96,8 @@ class ProxyOptions:
         TypeError: ``proxy_addr``, ``proxy_username`` or ``proxy_password`` of
             the wrong type.
 
-    Unlike v2 the type names are case-insensitive and a ``bool`` is not taken
-    for PySocks' ``SOCKS4`` (``True == 1``).  ``repr()`` never shows the password.
+    As v2, ``"http"`` is refused; unlike v2 a ``bool`` is not taken for
+    PySocks' ``SOCKS4`` (``True == 1``).  ``repr()`` never shows the password.
     """
 
     __slots__ = ("_addr", "_password", "_port", "_type", "_username")
@@ -170,9 +171,11 @@ class ProxyOptions:
 
 def _proxy_type_name(proxy_type: object) -> str:
     if isinstance(proxy_type, str):
-        name = proxy_type.strip().upper()
-        if name in _TYPE_BY_NAME:
-            return name
+        if proxy_type in _TYPE_BY_NAME:
+            return proxy_type
+        if proxy_type.strip().upper() in _TYPE_BY_NAME:  # refused, as by v2
+            raise ValueError(f"Invalid Proxy Type {proxy_type!r}: use "
+                             f"{proxy_type.strip().upper()!r} (upper case, as azure-iot-device)")
     elif isinstance(proxy_type, int) and not isinstance(proxy_type, bool):
         if proxy_type in _NAME_BY_TYPE:
             return _NAME_BY_TYPE[proxy_type]
