@@ -1,0 +1,75 @@
+"""Run-time support of the generated value classes (``_packets``, ``_events``).
+
+Those classes are written out by ``scripts/gen_records.py`` from dataclass
+declarations (``__slots__``, ``__match_args__``, ``__init__``, ``__repr__``,
+``__eq__``, ``__hash__``); ``@record`` adds the methods that are the same for
+all of them, as ``@dataclass(frozen=True, slots=True)`` would: ``__setattr__``
+and ``__delattr__`` raising ``dataclasses.FrozenInstanceError`` with the same
+messages, ``__getstate__`` / ``__setstate__`` (pickle and ``copy``), and
+``__replace__`` (``copy.replace()``, Python 3.13+).  No ``dataclasses`` or
+``inspect`` at import time: ``dataclasses`` is imported on the error path only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+__all__ = ["frozen_error", "record", "set_field"]
+
+T = TypeVar("T")
+
+set_field = object.__setattr__
+"""Store a field of a frozen instance (what a frozen dataclass's ``__init__`` does)."""
+
+
+def frozen_error(message: str) -> AttributeError:
+    """The ``dataclasses.FrozenInstanceError`` (an ``AttributeError``) for ``message``."""
+    from dataclasses import FrozenInstanceError
+
+    return FrozenInstanceError(message)
+
+
+def _record(cls: type[T]) -> type[T]:
+    fields: tuple[str, ...] = cls.__match_args__  # type: ignore[attr-defined]
+
+    def __setattr__(self: T, name: str, value: object) -> None:
+        if type(self) is cls or name in fields:
+            raise frozen_error(f"cannot assign to field {name!r}")
+        set_field(self, name, value)
+
+    def __delattr__(self: T, name: str) -> None:
+        if type(self) is cls or name in fields:
+            raise frozen_error(f"cannot delete field {name!r}")
+        object.__delattr__(self, name)
+
+    def __getstate__(self: T) -> list[object]:
+        return [getattr(self, name) for name in fields]
+
+    def __setstate__(self: T, state: list[object]) -> None:
+        for name, value in zip(fields, state, strict=False):
+            set_field(self, name, value)
+
+    def __replace__(self: T, /, **changes: Any) -> T:
+        values = {name: getattr(self, name) for name in fields}
+        values.update(changes)  # an unknown name is __init__'s TypeError
+        return self.__class__(**values)
+
+    methods: tuple[Callable[..., Any], ...] = (
+        __setattr__, __delattr__, __getstate__, __setstate__, __replace__)
+    for method in methods:
+        method.__qualname__ = f"{cls.__qualname__}.{method.__name__}"
+        setattr(cls, method.__name__, method)
+    return cls
+
+
+if TYPE_CHECKING:
+    from typing import dataclass_transform
+
+    @dataclass_transform(frozen_default=True)
+    def record(cls: type[T]) -> type[T]:
+        """Type checkers see a frozen dataclass (read-only fields, its ``__init__``)."""
+        return cls
+
+else:
+    record = _record
