@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ._client import ClientConnection
-from ._codec import MAX_REMAINING_LENGTH, PacketReader, encode, encode_remaining_length
+from ._encode import encode, encode_remaining_length
 from ._errors import (
     ConnectionRefused,
     LocalProtocolError,
@@ -49,6 +49,8 @@ from ._packets import (
     Unsubscribe,
     Will,
 )
+from ._reader import PacketReader
+from ._rules import MAX_REMAINING_LENGTH
 from ._server import ServerConnection
 from ._state import State
 from ._topics import topic_matches, validate_topic_filter, validate_topic_name
