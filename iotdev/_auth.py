@@ -27,10 +27,6 @@ Compatibility with azure-iot-device v2 (2.14):
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlencode
@@ -360,6 +356,11 @@ def decode_symmetric_key(key: str | bytes) -> bytes:
             nor bytes (v2 turns its ``TypeError`` into this too).  The key is
             never shown and the original exception is not chained.
     """
+    # base64, hashlib and hmac load on first use: importing the client stays cheap
+    # (and X.509 devices never need them).
+    import base64
+    import binascii
+
     try:
         if isinstance(key, str):
             raw = key.encode("utf-8")
@@ -373,6 +374,10 @@ def decode_symmetric_key(key: str | bytes) -> bytes:
 
 
 def _sign(key: bytes, message: str) -> str:
+    import base64
+    import hashlib
+    import hmac
+
     digest = hmac.new(key, message.encode("utf-8"), hashlib.sha256).digest()
     return base64.b64encode(digest).decode("ascii")
 
@@ -558,6 +563,8 @@ def verify_sas_token(
         )
     expected = _sign(signing_key, f"{fields['sr']}\n{fields['se']}").encode("ascii")
     given = token.signature.encode("utf-8", "surrogatepass")
+    import hmac
+
     if not hmac.compare_digest(expected, given):
         raise SasTokenBadSignature("SasToken signature does not match the key")
     if token.expiry < now:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ._errors import MalformedPacket
-from ._fast import fast_constructor
 from ._packets import (
     ConnAck,
     Connect,
@@ -30,6 +29,7 @@ from ._packets import (
     Unsubscribe,
     Will,
 )
+from ._records import fast_constructor
 from ._rules import TOPIC_CACHE_MAX
 from ._topics import filter_levels_problem, topic_name_problem
 

@@ -43,9 +43,9 @@ from ._encode import (
 )
 from ._errors import LocalProtocolError, QueueFull, RemoteProtocolError
 from ._events import Event, MessageReceived, PublishAcked, PublishFailed
-from ._fast import fast_constructor
 from ._packets import Packet, PubAck, PubComp, Publish, PubRec, PubRel
 from ._reader import PacketReader
+from ._records import fast_constructor
 from ._state import Input, State
 
 _message_received = fast_constructor(MessageReceived)

@@ -28,7 +28,7 @@ import pytest
 
 import iotdev_mqtt
 from iotdev_mqtt import _events, _packets
-from iotdev_mqtt._fast import fast_constructor
+from iotdev_mqtt._records import fast_constructor
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from iotdev_mqtt import ConnAckCode, Will
 
 from .._errors import ClientError, ConnectionFailedError, CredentialError
+
+if TYPE_CHECKING:
+    import random
 
 __all__ = ["ConnectOptions", "Credentials", "ReconnectPolicy", "connack_error"]
 
