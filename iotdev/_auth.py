@@ -28,8 +28,12 @@ Compatibility with azure-iot-device v2 (2.14):
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlencode
+
+# Frozen value classes without building dataclasses at import time (the same
+# helper as the packets of iotdev_mqtt): what @dataclass(frozen=True, slots=True)
+# gives, written out.
+from iotdev_mqtt._records import record, set_field
 
 __all__ = [
     "DIGITAL_TWIN_API_VERSION",
@@ -103,7 +107,7 @@ _NO_DEVICE_ID = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ConnectionString:
     """A parsed device or module connection string.
 
@@ -126,14 +130,52 @@ class ConnectionString:
             then ignores it).
     """
 
+    __match_args__ = ("host_name", "device_id", "shared_access_key", "module_id",
+                      "gateway_host_name", "shared_access_key_name", "x509",
+                      "shared_access_signature")
+    __slots__ = __match_args__
+
     host_name: str
     device_id: str
-    shared_access_key: str | None = None
-    module_id: str | None = None
-    gateway_host_name: str | None = None
-    shared_access_key_name: str | None = None
-    x509: bool = False
-    shared_access_signature: str | None = None
+    shared_access_key: str | None
+    module_id: str | None
+    gateway_host_name: str | None
+    shared_access_key_name: str | None
+    x509: bool
+    shared_access_signature: str | None
+
+    def __init__(
+        self,
+        host_name: str,
+        device_id: str,
+        shared_access_key: str | None = None,
+        module_id: str | None = None,
+        gateway_host_name: str | None = None,
+        shared_access_key_name: str | None = None,
+        x509: bool = False,
+        shared_access_signature: str | None = None,
+    ) -> None:
+        set_field(self, "host_name", host_name)
+        set_field(self, "device_id", device_id)
+        set_field(self, "shared_access_key", shared_access_key)
+        set_field(self, "module_id", module_id)
+        set_field(self, "gateway_host_name", gateway_host_name)
+        set_field(self, "shared_access_key_name", shared_access_key_name)
+        set_field(self, "x509", x509)
+        set_field(self, "shared_access_signature", shared_access_signature)
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.host_name, self.device_id, self.shared_access_key, self.module_id,
+                self.gateway_host_name, self.shared_access_key_name, self.x509,
+                self.shared_access_signature)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ConnectionString) and other.__class__ is self.__class__:
+            return self._key() == other._key()
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     def __repr__(self) -> str:
         key = None if self.shared_access_key is None else "<hidden>"
@@ -320,7 +362,7 @@ class SasTokenBadSignature(SasTokenError):
     """The token's ``sig`` was not made with the expected key."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SasToken:
     """The fields of a parsed SAS token.
 
@@ -331,10 +373,34 @@ class SasToken:
         policy_name: ``skn`` or ``None``.
     """
 
+    __match_args__ = ("resource_uri", "signature", "expiry", "policy_name")
+    __slots__ = __match_args__
+
     resource_uri: str
     signature: str
     expiry: int
-    policy_name: str | None = None
+    policy_name: str | None
+
+    def __init__(self, resource_uri: str, signature: str, expiry: int,
+                 policy_name: str | None = None) -> None:
+        set_field(self, "resource_uri", resource_uri)
+        set_field(self, "signature", signature)
+        set_field(self, "expiry", expiry)
+        set_field(self, "policy_name", policy_name)
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__qualname__}(resource_uri={self.resource_uri!r}, "
+                f"signature={self.signature!r}, expiry={self.expiry!r}, "
+                f"policy_name={self.policy_name!r})")
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, SasToken) and other.__class__ is self.__class__:
+            return (self.resource_uri, self.signature, self.expiry, self.policy_name) == (
+                other.resource_uri, other.signature, other.expiry, other.policy_name)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.resource_uri, self.signature, self.expiry, self.policy_name))
 
 
 def decode_symmetric_key(key: str | bytes) -> bytes:

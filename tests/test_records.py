@@ -245,3 +245,72 @@ def test_pattern_matching() -> None:
     assert kind(MessageReceived("t", b"", 0, False, False, None)) == "qos0 message"
     assert kind(PingReq()) == "ping"
     assert kind(Publish("c")) == "other"
+
+
+# --------------------------------------------------------------------------- iotdev's own
+
+# Value classes of iotdev written out instead of built by @dataclass at import
+# (see README "Footprint on small boards"), against the dataclass they replace:
+# (class, frozen, slots, has its own repr).
+def _iotdev_classes() -> list[tuple[type, bool, bool, bool]]:
+    from iotdev._auth import ConnectionString, SasToken
+    from iotdev.transport._options import ConnectOptions, Credentials, ReconnectPolicy
+
+    return [(ConnectionString, True, True, True), (SasToken, True, True, False),
+            (Credentials, False, False, True), (ConnectOptions, False, False, False),
+            (ReconnectPolicy, False, False, False)]
+
+
+@pytest.mark.parametrize(("cls", "frozen", "slots", "own_repr"), _iotdev_classes(),
+                         ids=lambda v: getattr(v, "__name__", str(v)))
+def test_iotdev_value_classes_behave_as_their_dataclass(
+        cls: type, frozen: bool, slots: bool, own_repr: bool) -> None:
+    import dataclasses
+
+    params = list(inspect.signature(cls).parameters.values())
+    assert tuple(p.name for p in params) == cls.__match_args__  # type: ignore[attr-defined]
+    ref = dataclasses.make_dataclass(
+        cls.__name__,
+        [(p.name, object) if p.default is p.empty else (p.name, object, p.default)
+         for p in params],
+        frozen=frozen, slots=slots)
+    values = {p.name: f"v-{p.name}" for p in params}
+    other = {**values, params[0].name: "changed"}
+    ours, theirs = cls(**values), ref(**values)
+    assert ref.__match_args__ == cls.__match_args__  # type: ignore[attr-defined]
+    if not own_repr:
+        assert repr(ours) == repr(theirs)
+    assert ours == cls(*values.values()) and ours != cls(**other)
+    assert ours.__eq__(theirs) is NotImplemented
+    assert (cls.__hash__ is None) == (ref.__hash__ is None)
+    if frozen:
+        assert hash(ours) == hash(theirs)
+        with pytest.raises(FrozenInstanceError, match="cannot assign to field"):
+            setattr(ours, params[0].name, 1)
+        with pytest.raises(FrozenInstanceError, match="cannot delete field"):
+            delattr(ours, params[0].name)
+        assert ours.__replace__(**{params[0].name: "changed"}) == cls(**other)
+    else:
+        setattr(ours, params[0].name, "changed")
+        assert ours == cls(**other)
+    assert hasattr(ours, "__dict__") == hasattr(theirs, "__dict__")
+    clone = pickle.loads(pickle.dumps(ours))
+    assert clone == ours and copy.deepcopy(ours) == ours
+    # Defaults as declared.
+    required = {p.name: values[p.name] for p in params if p.default is p.empty}
+    assert all(getattr(cls(**required), p.name) == p.default
+               for p in params if p.default is not p.empty)
+
+
+def test_endpoint_defaults_validation_and_equality() -> None:
+    from iotdev.transport._endpoint import Endpoint
+
+    a = Endpoint("h", 1883)
+    assert (a.transport, a.ws_path, a.connect_timeout, a.ws_headers) == ("tcp", "/mqtt", 30.0, [])
+    assert a.ws_headers is not Endpoint("h", 1883).ws_headers  # a fresh list each time
+    assert a == Endpoint("h", 1883) and a != Endpoint("h", 1884)
+    assert Endpoint.__hash__ is None
+    assert repr(a).startswith("Endpoint(host='h', port=1883, transport='tcp', tls_context=None")
+    for bad in ({"transport": "udp"}, {"transport": "tls"}, {"port": 0}, {"port": "1883"}):
+        with pytest.raises(ValueError):
+            Endpoint(**{"host": "h", "port": 1883, **bad})  # type: ignore[arg-type]
