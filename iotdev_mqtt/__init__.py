@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._client import ClientConnection
 from ._encode import encode, encode_remaining_length
 from ._errors import (
@@ -51,10 +53,22 @@ from ._packets import (
 )
 from ._reader import PacketReader
 from ._rules import MAX_REMAINING_LENGTH
-from ._server import ServerConnection
 from ._state import State
 from ._topics import topic_matches, validate_topic_filter, validate_topic_name
 from ._types import ConnAckCode, PacketType, QoS, SubAckCode
+
+if TYPE_CHECKING:
+    from ._server import ServerConnection
+
+
+def __getattr__(name: str) -> Any:
+    # The server role loads on first use: a device client never needs it.
+    if name == "ServerConnection":
+        from ._server import ServerConnection
+
+        return ServerConnection
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "MAX_REMAINING_LENGTH",

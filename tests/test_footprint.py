@@ -1,9 +1,9 @@
 """What importing the packages loads: the footprint a small board pays at start.
 
 ``import iotdev`` (the sync device client) must not load TLS, hashing, dates,
-HTTP, WebSocket, asyncio or the outbox: those load when a connection, a SAS
-signature or a feature needs them.  ``import iotdev_mqtt`` must not load
-``dataclasses`` (and with it ``inspect``, ``ast``, ``dis``).  Each probe runs in
+HTTP, WebSocket, asyncio, the outbox or the MQTT server role: those load when
+a connection, a SAS signature or a feature needs them.  ``import iotdev_mqtt``
+must not load ``dataclasses`` (and with it ``inspect``, ``ast``, ``dis``).  Each probe runs in
 a fresh interpreter without ``site`` so that nothing was imported before.
 """
 
@@ -28,13 +28,14 @@ print(json.dumps(sorted(set(sys.modules) - before)))
 
 # Deferred until used: never loaded by the import itself.
 NOT_ON_IMPORT = {
-    "iotdev_mqtt": {"dataclasses", "inspect", "ast", "dis", "logging", "threading", "socket"},
+    "iotdev_mqtt": {"dataclasses", "inspect", "ast", "dis", "logging", "threading", "socket",
+                    "iotdev_mqtt._server"},
     "iotdev": {
         "ssl", "_ssl", "hashlib", "_hashlib", "hmac", "base64", "datetime", "asyncio", "h11",
         "wsproto", "cryptography", "certifi", "sqlite3", "email", "http", "http.client",
         "urllib.request", "concurrent.futures", "iotdev.aio", "iotdev.transport._tls",
         "iotdev.transport._ws", "iotdev.transport._proxy", "iotdev.transport._http",
-        "iotdev._upload", "iotdev._outbox", "iotdev.emulator",
+        "iotdev._upload", "iotdev._outbox", "iotdev.emulator", "iotdev_mqtt._server",
     },
 }
 
@@ -57,6 +58,13 @@ def test_the_device_client_is_not_lazy() -> None:
     loaded = loaded_by("import iotdev")
     assert {"iotdev._sync_client", "iotdev.transport._thread", "iotdev_mqtt._client"} <= loaded
     assert loaded_by("from iotdev import IoTHubDeviceClient") == loaded
+
+
+def test_server_role_loads_on_first_use() -> None:
+    loaded = loaded_by("import iotdev_mqtt\nfrom iotdev_mqtt import ServerConnection\n"
+                       "assert iotdev_mqtt.ServerConnection is ServerConnection")
+    assert "iotdev_mqtt._server" in loaded
+    assert loaded_by("from iotdev_mqtt import *\nServerConnection") >= {"iotdev_mqtt._server"}
 
 
 def test_deferred_modules_load_when_needed() -> None:
