@@ -30,9 +30,9 @@ from __future__ import annotations
 import re
 from urllib.parse import quote, unquote, urlencode
 
-# Frozen value classes without building dataclasses at import time (the same
-# helper as the packets of iotdev_mqtt): what @dataclass(frozen=True, slots=True)
-# gives, written out.
+# Frozen value classes without building dataclasses at import time: the helper
+# of iotdev_mqtt's packets adds what @dataclass(frozen=True, slots=True) would
+# (==, hash, repr, refusing assignment, pickling) to the __init__ written here.
 from iotdev_mqtt._records import record, set_field
 
 __all__ = [
@@ -163,19 +163,6 @@ class ConnectionString:
         set_field(self, "shared_access_key_name", shared_access_key_name)
         set_field(self, "x509", x509)
         set_field(self, "shared_access_signature", shared_access_signature)
-
-    def _key(self) -> tuple[object, ...]:
-        return (self.host_name, self.device_id, self.shared_access_key, self.module_id,
-                self.gateway_host_name, self.shared_access_key_name, self.x509,
-                self.shared_access_signature)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, ConnectionString) and other.__class__ is self.__class__:
-            return self._key() == other._key()
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self._key())
 
     def __repr__(self) -> str:
         key = None if self.shared_access_key is None else "<hidden>"
@@ -387,20 +374,6 @@ class SasToken:
         set_field(self, "signature", signature)
         set_field(self, "expiry", expiry)
         set_field(self, "policy_name", policy_name)
-
-    def __repr__(self) -> str:
-        return (f"{self.__class__.__qualname__}(resource_uri={self.resource_uri!r}, "
-                f"signature={self.signature!r}, expiry={self.expiry!r}, "
-                f"policy_name={self.policy_name!r})")
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, SasToken) and other.__class__ is self.__class__:
-            return (self.resource_uri, self.signature, self.expiry, self.policy_name) == (
-                other.resource_uri, other.signature, other.expiry, other.policy_name)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash((self.resource_uri, self.signature, self.expiry, self.policy_name))
 
 
 def decode_symmetric_key(key: str | bytes) -> bytes:

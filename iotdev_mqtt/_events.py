@@ -41,21 +41,6 @@ class Connected:
     def __init__(self, session_present: bool) -> None:
         set_field(self, "session_present", session_present)
 
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__qualname__}("
-            f"session_present={self.session_present!r}"
-            ")"
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Connected) and other.__class__ is self.__class__:
-            return (self.session_present,) == (other.session_present,)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash((self.session_present,))
-
 
 @record
 class ConnectRefused:
@@ -68,21 +53,6 @@ class ConnectRefused:
 
     def __init__(self, return_code: int) -> None:
         set_field(self, "return_code", return_code)
-
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__qualname__}("
-            f"return_code={self.return_code!r}"
-            ")"
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, ConnectRefused) and other.__class__ is self.__class__:
-            return (self.return_code,) == (other.return_code,)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash((self.return_code,))
 
     @property
     def reason(self) -> str:
@@ -105,21 +75,6 @@ class ConnectionLost:
 
     def __init__(self, reason: str) -> None:
         set_field(self, "reason", reason)
-
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__qualname__}("
-            f"reason={self.reason!r}"
-            ")"
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, ConnectionLost) and other.__class__ is self.__class__:
-            return (self.reason,) == (other.reason,)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash((self.reason,))
 
 
 @record
@@ -156,47 +111,6 @@ class MessageReceived:
         set_field(self, "dup", dup)
         set_field(self, "packet_id", packet_id)
 
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__qualname__}("
-            f"topic={self.topic!r}, "
-            f"payload={self.payload!r}, "
-            f"qos={self.qos!r}, "
-            f"retain={self.retain!r}, "
-            f"dup={self.dup!r}, "
-            f"packet_id={self.packet_id!r}"
-            ")"
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, MessageReceived) and other.__class__ is self.__class__:
-            return (
-                self.topic,
-                self.payload,
-                self.qos,
-                self.retain,
-                self.dup,
-                self.packet_id,
-            ) == (
-                other.topic,
-                other.payload,
-                other.qos,
-                other.retain,
-                other.dup,
-                other.packet_id,
-            )
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash((
-            self.topic,
-            self.payload,
-            self.qos,
-            self.retain,
-            self.dup,
-            self.packet_id,
-        ))
-
 
 @record
 class PublishAcked:
@@ -215,22 +129,6 @@ class PublishAcked:
         set_field(self, "token", token)
         set_field(self, "packet_id", packet_id)
 
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__qualname__}("
-            f"token={self.token!r}, "
-            f"packet_id={self.packet_id!r}"
-            ")"
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, PublishAcked) and other.__class__ is self.__class__:
-            return (self.token, self.packet_id) == (other.token, other.packet_id)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash((self.token, self.packet_id))
-
 
 @record
 class PublishFailed:
@@ -245,22 +143,6 @@ class PublishFailed:
     def __init__(self, token: int, reason: str) -> None:
         set_field(self, "token", token)
         set_field(self, "reason", reason)
-
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__qualname__}("
-            f"token={self.token!r}, "
-            f"reason={self.reason!r}"
-            ")"
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, PublishFailed) and other.__class__ is self.__class__:
-            return (self.token, self.reason) == (other.token, other.reason)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash((self.token, self.reason))
 
 
 @record
@@ -284,31 +166,6 @@ class Subscribed:
         set_field(self, "topic_filters", topic_filters)
         set_field(self, "return_codes", return_codes)
 
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__qualname__}("
-            f"packet_id={self.packet_id!r}, "
-            f"topic_filters={self.topic_filters!r}, "
-            f"return_codes={self.return_codes!r}"
-            ")"
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Subscribed) and other.__class__ is self.__class__:
-            return (
-                self.packet_id,
-                self.topic_filters,
-                self.return_codes,
-            ) == (
-                other.packet_id,
-                other.topic_filters,
-                other.return_codes,
-            )
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash((self.packet_id, self.topic_filters, self.return_codes))
-
 
 @record
 class Unsubscribed:
@@ -323,22 +180,6 @@ class Unsubscribed:
     def __init__(self, packet_id: int, topic_filters: tuple[str, ...]) -> None:
         set_field(self, "packet_id", packet_id)
         set_field(self, "topic_filters", topic_filters)
-
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__qualname__}("
-            f"packet_id={self.packet_id!r}, "
-            f"topic_filters={self.topic_filters!r}"
-            ")"
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Unsubscribed) and other.__class__ is self.__class__:
-            return (self.packet_id, self.topic_filters) == (other.packet_id, other.topic_filters)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash((self.packet_id, self.topic_filters))
 
 
 @record
@@ -357,31 +198,6 @@ class RequestFailed:
         set_field(self, "packet", packet)
         set_field(self, "reason", reason)
 
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__qualname__}("
-            f"packet_id={self.packet_id!r}, "
-            f"packet={self.packet!r}, "
-            f"reason={self.reason!r}"
-            ")"
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, RequestFailed) and other.__class__ is self.__class__:
-            return (
-                self.packet_id,
-                self.packet,
-                self.reason,
-            ) == (
-                other.packet_id,
-                other.packet,
-                other.reason,
-            )
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash((self.packet_id, self.packet, self.reason))
-
 
 @record
 class ConnectReceived:
@@ -394,21 +210,6 @@ class ConnectReceived:
 
     def __init__(self, connect: Connect) -> None:
         set_field(self, "connect", connect)
-
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__qualname__}("
-            f"connect={self.connect!r}"
-            ")"
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, ConnectReceived) and other.__class__ is self.__class__:
-            return (self.connect,) == (other.connect,)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash((self.connect,))
 
 
 @record
@@ -425,22 +226,6 @@ class SubscribeReceived:
         set_field(self, "packet_id", packet_id)
         set_field(self, "subscriptions", subscriptions)
 
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__qualname__}("
-            f"packet_id={self.packet_id!r}, "
-            f"subscriptions={self.subscriptions!r}"
-            ")"
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, SubscribeReceived) and other.__class__ is self.__class__:
-            return (self.packet_id, self.subscriptions) == (other.packet_id, other.subscriptions)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash((self.packet_id, self.subscriptions))
-
 
 @record
 class UnsubscribeReceived:
@@ -456,22 +241,6 @@ class UnsubscribeReceived:
         set_field(self, "packet_id", packet_id)
         set_field(self, "topic_filters", topic_filters)
 
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__qualname__}("
-            f"packet_id={self.packet_id!r}, "
-            f"topic_filters={self.topic_filters!r}"
-            ")"
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, UnsubscribeReceived) and other.__class__ is self.__class__:
-            return (self.packet_id, self.topic_filters) == (other.packet_id, other.topic_filters)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash((self.packet_id, self.topic_filters))
-
 
 @record
 class ClientDisconnected:
@@ -482,17 +251,6 @@ class ClientDisconnected:
 
     def __init__(self) -> None:
         pass
-
-    def __repr__(self) -> str:
-        return f"{self.__class__.__qualname__}()"
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, ClientDisconnected) and other.__class__ is self.__class__:
-            return () == ()
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(())
 
 
 Event = (

@@ -66,34 +66,6 @@ class Will:
         set_field(self, "qos", qos)
         set_field(self, "retain", retain)
 
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__qualname__}("
-            f"topic={self.topic!r}, "
-            f"payload={self.payload!r}, "
-            f"qos={self.qos!r}, "
-            f"retain={self.retain!r}"
-            ")"
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Will) and other.__class__ is self.__class__:
-            return (
-                self.topic,
-                self.payload,
-                self.qos,
-                self.retain,
-            ) == (
-                other.topic,
-                other.payload,
-                other.qos,
-                other.retain,
-            )
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash((self.topic, self.payload, self.qos, self.retain))
-
 
 @record
 class Connect:
@@ -141,55 +113,6 @@ class Connect:
         set_field(self, "protocol_name", protocol_name)
         set_field(self, "protocol_level", protocol_level)
 
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__qualname__}("
-            f"client_id={self.client_id!r}, "
-            f"clean_session={self.clean_session!r}, "
-            f"keep_alive={self.keep_alive!r}, "
-            f"username={self.username!r}, "
-            f"password={self.password!r}, "
-            f"will={self.will!r}, "
-            f"protocol_name={self.protocol_name!r}, "
-            f"protocol_level={self.protocol_level!r}"
-            ")"
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Connect) and other.__class__ is self.__class__:
-            return (
-                self.client_id,
-                self.clean_session,
-                self.keep_alive,
-                self.username,
-                self.password,
-                self.will,
-                self.protocol_name,
-                self.protocol_level,
-            ) == (
-                other.client_id,
-                other.clean_session,
-                other.keep_alive,
-                other.username,
-                other.password,
-                other.will,
-                other.protocol_name,
-                other.protocol_level,
-            )
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash((
-            self.client_id,
-            self.clean_session,
-            self.keep_alive,
-            self.username,
-            self.password,
-            self.will,
-            self.protocol_name,
-            self.protocol_level,
-        ))
-
 
 @record
 class ConnAck:
@@ -205,28 +128,6 @@ class ConnAck:
     def __init__(self, session_present: bool = False, return_code: int = 0) -> None:
         set_field(self, "session_present", session_present)
         set_field(self, "return_code", return_code)
-
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__qualname__}("
-            f"session_present={self.session_present!r}, "
-            f"return_code={self.return_code!r}"
-            ")"
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, ConnAck) and other.__class__ is self.__class__:
-            return (
-                self.session_present,
-                self.return_code,
-            ) == (
-                other.session_present,
-                other.return_code,
-            )
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash((self.session_present, self.return_code))
 
 
 @record
@@ -263,47 +164,6 @@ class Publish:
         set_field(self, "dup", dup)
         set_field(self, "packet_id", packet_id)
 
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__qualname__}("
-            f"topic={self.topic!r}, "
-            f"payload={self.payload!r}, "
-            f"qos={self.qos!r}, "
-            f"retain={self.retain!r}, "
-            f"dup={self.dup!r}, "
-            f"packet_id={self.packet_id!r}"
-            ")"
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Publish) and other.__class__ is self.__class__:
-            return (
-                self.topic,
-                self.payload,
-                self.qos,
-                self.retain,
-                self.dup,
-                self.packet_id,
-            ) == (
-                other.topic,
-                other.payload,
-                other.qos,
-                other.retain,
-                other.dup,
-                other.packet_id,
-            )
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash((
-            self.topic,
-            self.payload,
-            self.qos,
-            self.retain,
-            self.dup,
-            self.packet_id,
-        ))
-
 
 @record
 class PubAck:
@@ -317,21 +177,6 @@ class PubAck:
 
     def __init__(self, packet_id: int) -> None:
         set_field(self, "packet_id", packet_id)
-
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__qualname__}("
-            f"packet_id={self.packet_id!r}"
-            ")"
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, PubAck) and other.__class__ is self.__class__:
-            return (self.packet_id,) == (other.packet_id,)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash((self.packet_id,))
 
 
 @record
@@ -347,21 +192,6 @@ class PubRec:
     def __init__(self, packet_id: int) -> None:
         set_field(self, "packet_id", packet_id)
 
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__qualname__}("
-            f"packet_id={self.packet_id!r}"
-            ")"
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, PubRec) and other.__class__ is self.__class__:
-            return (self.packet_id,) == (other.packet_id,)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash((self.packet_id,))
-
 
 @record
 class PubRel:
@@ -376,21 +206,6 @@ class PubRel:
     def __init__(self, packet_id: int) -> None:
         set_field(self, "packet_id", packet_id)
 
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__qualname__}("
-            f"packet_id={self.packet_id!r}"
-            ")"
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, PubRel) and other.__class__ is self.__class__:
-            return (self.packet_id,) == (other.packet_id,)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash((self.packet_id,))
-
 
 @record
 class PubComp:
@@ -404,21 +219,6 @@ class PubComp:
 
     def __init__(self, packet_id: int) -> None:
         set_field(self, "packet_id", packet_id)
-
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__qualname__}("
-            f"packet_id={self.packet_id!r}"
-            ")"
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, PubComp) and other.__class__ is self.__class__:
-            return (self.packet_id,) == (other.packet_id,)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash((self.packet_id,))
 
 
 @record
@@ -436,22 +236,6 @@ class Subscribe:
         set_field(self, "packet_id", packet_id)
         set_field(self, "subscriptions", subscriptions)
 
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__qualname__}("
-            f"packet_id={self.packet_id!r}, "
-            f"subscriptions={self.subscriptions!r}"
-            ")"
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Subscribe) and other.__class__ is self.__class__:
-            return (self.packet_id, self.subscriptions) == (other.packet_id, other.subscriptions)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash((self.packet_id, self.subscriptions))
-
 
 @record
 class SubAck:
@@ -467,22 +251,6 @@ class SubAck:
     def __init__(self, packet_id: int, return_codes: tuple[int, ...]) -> None:
         set_field(self, "packet_id", packet_id)
         set_field(self, "return_codes", return_codes)
-
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__qualname__}("
-            f"packet_id={self.packet_id!r}, "
-            f"return_codes={self.return_codes!r}"
-            ")"
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, SubAck) and other.__class__ is self.__class__:
-            return (self.packet_id, self.return_codes) == (other.packet_id, other.return_codes)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash((self.packet_id, self.return_codes))
 
 
 @record
@@ -500,22 +268,6 @@ class Unsubscribe:
         set_field(self, "packet_id", packet_id)
         set_field(self, "topic_filters", topic_filters)
 
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__qualname__}("
-            f"packet_id={self.packet_id!r}, "
-            f"topic_filters={self.topic_filters!r}"
-            ")"
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Unsubscribe) and other.__class__ is self.__class__:
-            return (self.packet_id, self.topic_filters) == (other.packet_id, other.topic_filters)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash((self.packet_id, self.topic_filters))
-
 
 @record
 class UnsubAck:
@@ -530,21 +282,6 @@ class UnsubAck:
     def __init__(self, packet_id: int) -> None:
         set_field(self, "packet_id", packet_id)
 
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__qualname__}("
-            f"packet_id={self.packet_id!r}"
-            ")"
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, UnsubAck) and other.__class__ is self.__class__:
-            return (self.packet_id,) == (other.packet_id,)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash((self.packet_id,))
-
 
 @record
 class PingReq:
@@ -557,17 +294,6 @@ class PingReq:
 
     def __init__(self) -> None:
         pass
-
-    def __repr__(self) -> str:
-        return f"{self.__class__.__qualname__}()"
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, PingReq) and other.__class__ is self.__class__:
-            return () == ()
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(())
 
 
 @record
@@ -582,17 +308,6 @@ class PingResp:
     def __init__(self) -> None:
         pass
 
-    def __repr__(self) -> str:
-        return f"{self.__class__.__qualname__}()"
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, PingResp) and other.__class__ is self.__class__:
-            return () == ()
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(())
-
 
 @record
 class Disconnect:
@@ -605,17 +320,6 @@ class Disconnect:
 
     def __init__(self) -> None:
         pass
-
-    def __repr__(self) -> str:
-        return f"{self.__class__.__qualname__}()"
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Disconnect) and other.__class__ is self.__class__:
-            return () == ()
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(())
 
 
 Packet = (

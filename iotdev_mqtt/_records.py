@@ -22,6 +22,7 @@ instance (``type(x) is cls``, ``x == cls(...)``, assignment raises
 from __future__ import annotations
 
 from collections.abc import Callable
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, TypeVar
 
 __all__ = ["fast_constructor", "frozen_error", "record", "set_field"]
@@ -41,6 +42,31 @@ def frozen_error(message: str) -> AttributeError:
 
 def _record(cls: type[T]) -> type[T]:
     fields: tuple[str, ...] = cls.__match_args__  # type: ignore[attr-defined]
+    # The fields as a tuple, as a dataclass compares and hashes them.
+    key: Callable[[object], tuple[Any, ...]]
+    if len(fields) > 1:
+        key = attrgetter(*fields)
+    elif fields:
+        one = attrgetter(fields[0])
+
+        def key(obj: object) -> tuple[Any, ...]:
+            return (one(obj),)
+    else:
+
+        def key(obj: object) -> tuple[Any, ...]:
+            return ()
+
+    def __repr__(self: T) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in fields)
+        return f"{self.__class__.__qualname__}({shown})"
+
+    def __eq__(self: T, other: object) -> bool:
+        if other.__class__ is self.__class__:
+            return key(self) == key(other)
+        return NotImplemented
+
+    def __hash__(self: T) -> int:
+        return hash(key(self))
 
     def __setattr__(self: T, name: str, value: object) -> None:
         if type(self) is cls or name in fields:
@@ -64,8 +90,15 @@ def _record(cls: type[T]) -> type[T]:
         values.update(changes)  # an unknown name is __init__'s TypeError
         return self.__class__(**values)
 
-    methods: tuple[Callable[..., Any], ...] = (
-        __setattr__, __delattr__, __getstate__, __setstate__, __replace__)
+    own = cls.__dict__
+    # A class that defines __eq__ gets __hash__ = None in its namespace; that
+    # is not an explicit __hash__ (dataclasses' rule).
+    explicit_hash = "__hash__" in own and not (own["__hash__"] is None and "__eq__" in own)
+    methods: list[Callable[..., Any]] = [
+        __setattr__, __delattr__, __getstate__, __setstate__, __replace__]
+    methods += [m for m in (__repr__, __eq__) if m.__name__ not in own]
+    if not explicit_hash:
+        methods.append(__hash__)
     for method in methods:
         method.__qualname__ = f"{cls.__qualname__}.{method.__name__}"
         setattr(cls, method.__name__, method)

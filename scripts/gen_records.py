@@ -4,11 +4,12 @@ The packet and event types are declared as ``@dataclass(frozen=True, slots=True)
 in ``scripts/records/`` (the readable source of truth).  Building dataclasses
 costs about a third of a millisecond per class at import time and pulls in
 ``dataclasses`` and ``inspect``, so the package ships plain slotted classes
-written out from those declarations with the methods a frozen dataclass would
-generate for each (``__slots__``, ``__match_args__``, ``__init__``,
-``__repr__``, ``__eq__``, ``__hash__``); ``iotdev_mqtt._records.record`` adds
-the ones that are alike for all (refusing ``__setattr__`` / ``__delattr__``,
-``__getstate__`` / ``__setstate__``, ``__replace__``).  ``tests/test_records.py`` checks that
+written out from those declarations: ``__slots__``, ``__match_args__`` and the
+``__init__`` a frozen dataclass would generate for each;
+``iotdev_mqtt._records.record`` adds the methods that are alike for all
+(``__repr__``, ``__eq__``, ``__hash__`` over the fields, refusing
+``__setattr__`` / ``__delattr__``, ``__getstate__`` / ``__setstate__``,
+``__replace__``).  ``tests/test_records.py`` checks that
 the files are current and that each class behaves as its dataclass.
 
 Usage::
@@ -114,30 +115,6 @@ def _record(source: list[str], node: ast.ClassDef) -> list[str]:
     out += ["", signature]
     out += [f'        set_field(self, "{n}", {n})' for n in names] or ["        pass"]
 
-    out += ["", "    def __repr__(self) -> str:"]
-    if names:
-        parts = [f'f"{n}={{self.{n}!r}}' + (", " if i < len(names) - 1 else "") + '"'
-                 for i, n in enumerate(names)]
-        out.append('        return (\n            f"{self.__class__.__qualname__}("\n'
-                   + "".join(f"            {p}\n" for p in parts) + '            ")"\n        )')
-    else:
-        out.append('        return f"{self.__class__.__qualname__}()"')
-
-    mine = _tuple([f"self.{n}" for n in names], "            ")
-    theirs = _tuple([f"other.{n}" for n in names], "            ")
-    if len(f"            return {mine} == {theirs}") > WIDTH:
-        mine = _tuple([f"self.{n}" for n in names], "            ", wrap=True)
-        theirs = _tuple([f"other.{n}" for n in names], "            ", wrap=True)
-    out += [
-        "",
-        "    def __eq__(self, other: object) -> bool:",
-        f"        if isinstance(other, {name}) and other.__class__ is self.__class__:",
-        f"            return {mine} == {theirs}",
-        "        return NotImplemented",
-        "",
-        "    def __hash__(self) -> int:",
-        f"        return hash({_tuple([f'self.{n}' for n in names], '        ')})",
-    ]
     for text in other:
         out += ["", text]
     return out
