@@ -9,8 +9,8 @@ written out from those declarations: ``__slots__``, ``__match_args__`` and the
 ``iotdev_mqtt._records.record`` adds the methods that are alike for all
 (``__repr__``, ``__eq__``, ``__hash__`` over the fields, refusing
 ``__setattr__`` / ``__delattr__``, ``__getstate__`` / ``__setstate__``,
-``__replace__``).  ``tests/test_records.py`` checks that
-the files are current and that each class behaves as its dataclass.
+``__replace__``).  ``tests/test_records.py`` checks that the files are current
+and that each class behaves as its dataclass.
 
 Usage::
 
