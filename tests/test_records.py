@@ -300,17 +300,3 @@ def test_iotdev_value_classes_behave_as_their_dataclass(
     required = {p.name: values[p.name] for p in params if p.default is p.empty}
     assert all(getattr(cls(**required), p.name) == p.default
                for p in params if p.default is not p.empty)
-
-
-def test_endpoint_defaults_validation_and_equality() -> None:
-    from iotdev.transport._endpoint import Endpoint
-
-    a = Endpoint("h", 1883)
-    assert (a.transport, a.ws_path, a.connect_timeout, a.ws_headers) == ("tcp", "/mqtt", 30.0, [])
-    assert a.ws_headers is not Endpoint("h", 1883).ws_headers  # a fresh list each time
-    assert a == Endpoint("h", 1883) and a != Endpoint("h", 1884)
-    assert Endpoint.__hash__ is None
-    assert repr(a).startswith("Endpoint(host='h', port=1883, transport='tcp', tls_context=None")
-    for bad in ({"transport": "udp"}, {"transport": "tls"}, {"port": 0}, {"port": "1883"}):
-        with pytest.raises(ValueError):
-            Endpoint(**{"host": "h", "port": 1883, **bad})  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ thread driver and the asyncio driver."""
 from __future__ import annotations
 
 import socket
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from .._errors import (
@@ -26,6 +27,7 @@ WS_TLS_RECORD = 4096
 """Largest TLS record under WebSocket (see ``TLSLayer``'s ``max_record``)."""
 
 
+@dataclass
 class Endpoint:
     """One place to connect to.
 
@@ -41,46 +43,19 @@ class Endpoint:
         ws_path: the WebSocket request path.
         proxy: ``ProxyOptions`` or ``None``.
         connect_timeout: seconds for TCP connect plus every handshake.
-        ws_headers: extra headers for the WebSocket upgrade request.
     """
 
-    __match_args__ = ("host", "port", "transport", "tls_context", "server_hostname", "ws_path",
-                      "proxy", "connect_timeout", "ws_headers")
+    host: str
+    port: int
+    transport: TransportName = "tcp"
+    tls_context: ssl.SSLContext | None = None
+    server_hostname: str | None = None
+    ws_path: str = "/mqtt"
+    proxy: Any = None
+    connect_timeout: float = 30.0
+    ws_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        transport: TransportName = "tcp",
-        tls_context: ssl.SSLContext | None = None,
-        server_hostname: str | None = None,
-        ws_path: str = "/mqtt",
-        proxy: Any = None,
-        connect_timeout: float = 30.0,
-        ws_headers: list[tuple[bytes, bytes]] | None = None,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.transport = transport
-        self.tls_context = tls_context
-        self.server_hostname = server_hostname
-        self.ws_path = ws_path
-        self.proxy = proxy
-        self.connect_timeout = connect_timeout
-        self.ws_headers: list[tuple[bytes, bytes]] = [] if ws_headers is None else ws_headers
-        self._check()
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Endpoint) and other.__class__ is self.__class__:
-            return tuple(getattr(self, name) for name in self.__match_args__) == tuple(
-                getattr(other, name) for name in self.__match_args__)
-        return NotImplemented
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__match_args__)
-        return f"{self.__class__.__qualname__}({fields})"
-
-    def _check(self) -> None:
+    def __post_init__(self) -> None:
         if self.transport not in ("tcp", "tls", "websockets"):
             raise ValueError(f"transport must be 'tcp', 'tls' or 'websockets', "
                              f"got {self.transport!r}")
