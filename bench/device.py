@@ -21,13 +21,17 @@ clients, so the SAS token in the password is not checked.
   handler thread (never on its I/O thread); paho-mqtt and azure-iot-device's
   paho underneath call ``on_message`` on their network thread (azure then hands
   the message to its own callback thread).
-* ``import``: ``import iotdev`` against ``import azure.iot.device`` in a fresh
-  ``python -c`` (timed with ``time.perf_counter`` inside the child); the sample
-  is the median of several children; the ``modules`` metric is how many
-  modules the import added to ``sys.modules``.
+* ``import``: ``import iotdev`` (which loads the sync device client) and
+  ``import iotdev_mqtt`` (the codec and engines alone) against ``import
+  azure.iot.device`` and ``import paho.mqtt.client`` in a fresh ``python -c``
+  (timed with ``time.perf_counter`` inside the child); the sample is the median
+  of several children; the ``modules`` metric is how many modules the import
+  added to ``sys.modules``.
 * ``rss-threads``: a fresh process imports the client, creates one sync client,
   connects it and, 0.5 s later, reads ``VmRSS`` from ``/proc/self/status`` (the
-  sample, MB) and ``threading.active_count()`` (the ``threads`` metric).  The
+  sample, MB) and ``threading.active_count()`` (the ``threads`` metric).
+  paho-mqtt's client connects over TLS with the same CA (``tls_set``) and runs
+  its network thread (``loop_start``); "connected" is its ``on_connect``.  The
   ``above_floor`` metric subtracts the RSS of an interpreter that only loaded
   OpenSSL (``import hashlib, ssl``: about 17 MB, paid by any Python client over
   TLS), leaving what each package itself adds.
@@ -409,7 +413,9 @@ def _import_once(module: str) -> tuple[float, int, int, list[str]]:
 
 def _setup_import(session: Session) -> list[Contestant]:
     require_azure()
-    modules = {"iotdev": "iotdev", "azure-iot-device": "azure.iot.device"}
+    require_paho()
+    modules = {"iotdev": "iotdev", "iotdev_mqtt": "iotdev_mqtt",
+               "azure-iot-device": "azure.iot.device", "paho-mqtt": "paho.mqtt.client"}
     _bytecode_note(session)
     last: dict[str, tuple[float, int, int, list[str]]] = {}
 
@@ -435,7 +441,9 @@ def _setup_import(session: Session) -> list[Contestant]:
 
     session.stack.callback(notes)
     return [Contestant("iotdev", runner("iotdev"), ours=True),
-            Contestant("azure-iot-device", runner("azure-iot-device"))]
+            Contestant("iotdev_mqtt", runner("iotdev_mqtt"), ours=True, versus=("paho-mqtt",)),
+            Contestant("azure-iot-device", runner("azure-iot-device")),
+            Contestant("paho-mqtt", runner("paho-mqtt"))]
 
 
 # --------------------------------------------------------------------------- rss-threads
@@ -450,11 +458,23 @@ if kind == "iotdev":
     from iotdev import IoTHubDeviceClient
     client = IoTHubDeviceClient.create_from_symmetric_key(
         key, host, device_id, server_verification_cert=ca)
+elif kind == "paho":
+    import paho.mqtt.client as mqtt
+    client = mqtt.Client(client_id=device_id, protocol=mqtt.MQTTv311)
+    client.tls_set(ca_certs=ca_file)
+    up = threading.Event()
+    client.on_connect = lambda *args: up.set()
 else:
     from azure.iot.device import IoTHubDeviceClient
     client = IoTHubDeviceClient.create_from_symmetric_key(
         symmetric_key=key, hostname=host, device_id=device_id, server_verification_cert=ca)
-client.connect()
+if kind == "paho":
+    client.connect(host, int(port))
+    client.loop_start()
+    connected = up.wait(10)
+else:
+    client.connect()
+    connected = client.connected
 time.sleep(float(settle))
 with open("/proc/self/status") as status:
     rss_kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
@@ -463,8 +483,12 @@ def describe(t):
     what = getattr(target, "__qualname__", None) or type(t).__name__
     return f"{t.name} [{what}]" if t is not threading.main_thread() else t.name
 names = sorted(describe(t) for t in threading.enumerate())
-print(repr((rss_kb, threading.active_count(), names, client.connected)), flush=True)
-client.shutdown()
+print(repr((rss_kb, threading.active_count(), names, connected)), flush=True)
+if kind == "paho":
+    client.disconnect()
+    client.loop_stop()
+else:
+    client.shutdown()
 """
 
 
@@ -505,13 +529,14 @@ def _setup_rss(session: Session) -> list[Contestant]:
     if not Path("/proc/self/status").exists():
         raise Skip("no /proc/self/status (Linux only)")
     require_azure()
+    require_paho()
     broker = Broker.get()
     _bytecode_note(session)
     floor = _floor_mb()
     session.note(f"floor: an interpreter with OpenSSL loaded (import hashlib, ssl) is "
                  f"{floor:.1f} MB; the above_floor metric is RSS minus that")
     last: dict[str, tuple[float, int, list[str]]] = {}
-    runs = {"iotdev": 0, "azure": 0}
+    runs = {"iotdev": 0, "azure": 0, "paho": 0}
 
     def runner(kind: str) -> Callable[[int], Value]:
         def run(work: int) -> Value:
@@ -534,7 +559,8 @@ def _setup_rss(session: Session) -> list[Contestant]:
 
     session.stack.callback(notes)
     return [Contestant("iotdev sync", runner("iotdev"), ours=True),
-            Contestant("azure-iot-device sync", runner("azure"))]
+            Contestant("azure-iot-device sync", runner("azure")),
+            Contestant("paho-mqtt (loop_start)", runner("paho"))]
 
 
 # --------------------------------------------------------------------------- registry
@@ -554,7 +580,12 @@ register(Figure(
     unit="ms", setup=_setup_import, work=5, quick_work=1, kind="value", rounds=5,
     higher_is_better=False, metrics=(Metric("modules", "modules", title="modules added"),),
     targets=(Target("import time <= 0.5x azure-iot-device's", "iotdev", "azure-iot-device",
-                    at_least=2.0),),
+                    at_least=2.0),
+             Target("import iotdev <= paho-mqtt's", "iotdev", "paho-mqtt", at_least=1.0),
+             Target("import iotdev: modules added <= paho-mqtt's", "iotdev", "paho-mqtt",
+                    metric="modules", at_least=1.0),
+             Target("import iotdev_mqtt <= 1/3 of paho-mqtt's", "iotdev_mqtt", "paho-mqtt",
+                    at_least=3.0)),
     description=__doc__ or ""))
 register(Figure(
     name="rss-threads",
@@ -564,5 +595,7 @@ register(Figure(
         Metric("threads", "threads", title="threads"),
         Metric("above_floor", "MB", title="MB above interpreter + OpenSSL")),
     targets=(Target("RSS after connect <= 0.6x azure-iot-device's", "iotdev sync",
-                    "azure-iot-device sync", at_least=1 / 0.6),),
+                    "azure-iot-device sync", at_least=1 / 0.6),
+             Target("RSS after connect <= paho-mqtt's", "iotdev sync",
+                    "paho-mqtt (loop_start)", at_least=1.0)),
     description=__doc__ or ""))

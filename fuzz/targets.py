@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Literal
 
 from iotdev_mqtt import Connect, LocalProtocolError, PacketReader, RemoteProtocolError, encode
@@ -108,7 +107,7 @@ def _reencode(packet: object) -> bytes:
             and packet.client_id == "" and not packet.clean_session
         ):
             raise
-    wire = bytearray(encode(replace(packet, clean_session=True)))
+    wire = bytearray(encode(packet.__replace__(clean_session=True)))  # copy.replace on 3.13
     body_start = frames(wire)[0][1]
     wire[body_start + 7] &= ~0x02
     return bytes(wire)

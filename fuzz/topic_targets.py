@@ -213,7 +213,8 @@ def _derived_filters(name: str, data: bytes) -> list[str]:
     "mqtt-topics",
     "validate_topic_filter/_name and topic_matches against an oracle and the codec",
     shared_seeds=False,
-    instrument=("iotdev_mqtt._topics", "iotdev_mqtt._codec"),
+    instrument=("iotdev_mqtt._topics", "iotdev_mqtt._encode", "iotdev_mqtt._decode",
+                "iotdev_mqtt._reader"),
     tokens=("/", "+", "#", "/#", "+/", "$SYS/", "$", "\x00", "\xff", "\xed\xa0\x80", "\ufeff"),
     seeds=lambda: [
         b"a/b\xffa/b", b"a/+\xffa/b", b"a/#\xffa", b"#\xff$SYS/x", b"+/+\xff/x", b"sport/#",

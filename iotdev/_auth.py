@@ -27,13 +27,13 @@ Compatibility with azure-iot-device v2 (2.14):
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 import re
-from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlencode
+
+# Frozen value classes without building dataclasses at import time: the helper
+# of iotdev_mqtt's packets adds what @dataclass(frozen=True, slots=True) would
+# (==, hash, repr, refusing assignment, pickling) to the __init__ written here.
+from iotdev_mqtt._records import record, set_field
 
 __all__ = [
     "DIGITAL_TWIN_API_VERSION",
@@ -107,7 +107,7 @@ _NO_DEVICE_ID = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ConnectionString:
     """A parsed device or module connection string.
 
@@ -130,14 +130,39 @@ class ConnectionString:
             then ignores it).
     """
 
+    __match_args__ = ("host_name", "device_id", "shared_access_key", "module_id",
+                      "gateway_host_name", "shared_access_key_name", "x509",
+                      "shared_access_signature")
+    __slots__ = __match_args__
+
     host_name: str
     device_id: str
-    shared_access_key: str | None = None
-    module_id: str | None = None
-    gateway_host_name: str | None = None
-    shared_access_key_name: str | None = None
-    x509: bool = False
-    shared_access_signature: str | None = None
+    shared_access_key: str | None
+    module_id: str | None
+    gateway_host_name: str | None
+    shared_access_key_name: str | None
+    x509: bool
+    shared_access_signature: str | None
+
+    def __init__(
+        self,
+        host_name: str,
+        device_id: str,
+        shared_access_key: str | None = None,
+        module_id: str | None = None,
+        gateway_host_name: str | None = None,
+        shared_access_key_name: str | None = None,
+        x509: bool = False,
+        shared_access_signature: str | None = None,
+    ) -> None:
+        set_field(self, "host_name", host_name)
+        set_field(self, "device_id", device_id)
+        set_field(self, "shared_access_key", shared_access_key)
+        set_field(self, "module_id", module_id)
+        set_field(self, "gateway_host_name", gateway_host_name)
+        set_field(self, "shared_access_key_name", shared_access_key_name)
+        set_field(self, "x509", x509)
+        set_field(self, "shared_access_signature", shared_access_signature)
 
     def __repr__(self) -> str:
         key = None if self.shared_access_key is None else "<hidden>"
@@ -324,7 +349,7 @@ class SasTokenBadSignature(SasTokenError):
     """The token's ``sig`` was not made with the expected key."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SasToken:
     """The fields of a parsed SAS token.
 
@@ -335,10 +360,20 @@ class SasToken:
         policy_name: ``skn`` or ``None``.
     """
 
+    __match_args__ = ("resource_uri", "signature", "expiry", "policy_name")
+    __slots__ = __match_args__
+
     resource_uri: str
     signature: str
     expiry: int
-    policy_name: str | None = None
+    policy_name: str | None
+
+    def __init__(self, resource_uri: str, signature: str, expiry: int,
+                 policy_name: str | None = None) -> None:
+        set_field(self, "resource_uri", resource_uri)
+        set_field(self, "signature", signature)
+        set_field(self, "expiry", expiry)
+        set_field(self, "policy_name", policy_name)
 
 
 def decode_symmetric_key(key: str | bytes) -> bytes:
@@ -360,6 +395,11 @@ def decode_symmetric_key(key: str | bytes) -> bytes:
             nor bytes (v2 turns its ``TypeError`` into this too).  The key is
             never shown and the original exception is not chained.
     """
+    # base64, hashlib and hmac load on first use: importing the client stays cheap
+    # (and X.509 devices never need them).
+    import base64
+    import binascii
+
     try:
         if isinstance(key, str):
             raw = key.encode("utf-8")
@@ -373,6 +413,10 @@ def decode_symmetric_key(key: str | bytes) -> bytes:
 
 
 def _sign(key: bytes, message: str) -> str:
+    import base64
+    import hashlib
+    import hmac
+
     digest = hmac.new(key, message.encode("utf-8"), hashlib.sha256).digest()
     return base64.b64encode(digest).decode("ascii")
 
@@ -558,6 +602,8 @@ def verify_sas_token(
         )
     expected = _sign(signing_key, f"{fields['sr']}\n{fields['se']}").encode("ascii")
     given = token.signature.encode("utf-8", "surrogatepass")
+    import hmac
+
     if not hmac.compare_digest(expected, given):
         raise SasTokenBadSignature("SasToken signature does not match the key")
     if token.expiry < now:

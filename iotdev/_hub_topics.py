@@ -24,11 +24,14 @@ two agree on what the hub sends).
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable, Mapping
-from datetime import date
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard
 from urllib.parse import quote, unquote, urlencode
+
+if TYPE_CHECKING:
+    import datetime
 
 __all__ = [
     "C2D_DROPPED_KEYS",
@@ -115,6 +118,13 @@ _VERSION = re.compile(r"[0-9]{1,18}")
 # ---------------------------------------------------------------------------
 
 
+def is_date(value: object) -> TypeGuard[datetime.date]:
+    """Whether ``value`` is a ``datetime.date`` (or ``datetime``), without
+    importing ``datetime``: none can exist before that module is loaded."""
+    module = sys.modules.get("datetime")
+    return module is not None and isinstance(value, module.date)
+
+
 def d2c_system_pairs(message: object) -> list[tuple[str, str]]:
     """The system properties of an outgoing message, as v2 selects them.
 
@@ -134,7 +144,7 @@ def d2c_system_pairs(message: object) -> list[tuple[str, str]]:
         value = getattr(message, attribute, None)
         if not value:
             continue
-        if isinstance(value, date):
+        if is_date(value):
             pairs.append((wire_key, value.isoformat()))
         else:
             pairs.append((wire_key, str(value)))

@@ -3,8 +3,12 @@ models, same names, same attributes, same defaults."""
 
 from __future__ import annotations
 
-import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from ._hub_topics import is_date
+
+if TYPE_CHECKING:
+    import datetime
 
 __all__ = ["Message", "MethodRequest", "MethodResponse"]
 
@@ -75,7 +79,7 @@ class Message:
                 total += len(str(value).encode("utf-8"))
         expiry = self.expiry_time_utc
         if expiry:
-            text = expiry.isoformat() if isinstance(expiry, datetime.date) else str(expiry)
+            text = expiry.isoformat() if is_date(expiry) else str(expiry)
             total += len(text.encode("utf-8"))
         for key, value in self.custom_properties.items():
             total += len(str(key).encode("utf-8")) + len(str(value).encode("utf-8"))

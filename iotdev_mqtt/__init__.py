@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._client import ClientConnection
-from ._codec import MAX_REMAINING_LENGTH, PacketReader, encode, encode_remaining_length
+from ._encode import encode, encode_remaining_length
 from ._errors import (
     ConnectionRefused,
     LocalProtocolError,
@@ -49,10 +51,24 @@ from ._packets import (
     Unsubscribe,
     Will,
 )
-from ._server import ServerConnection
+from ._reader import PacketReader
+from ._rules import MAX_REMAINING_LENGTH
 from ._state import State
 from ._topics import topic_matches, validate_topic_filter, validate_topic_name
 from ._types import ConnAckCode, PacketType, QoS, SubAckCode
+
+if TYPE_CHECKING:
+    from ._server import ServerConnection
+
+
+def __getattr__(name: str) -> Any:
+    # The server role loads on first use: a device client never needs it.
+    if name == "ServerConnection":
+        from ._server import ServerConnection
+
+        return ServerConnection
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "MAX_REMAINING_LENGTH",

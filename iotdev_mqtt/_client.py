@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Literal
 
-from ._codec import encode
+from ._encode import encode
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._events import (
     Connected,

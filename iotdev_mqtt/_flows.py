@@ -33,9 +33,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Literal
 
-from ._codec import (
+from ._encode import (
     _TOPIC_PREFIXED,
-    PacketReader,
     _check_qos,
     _pack_bbh,
     _prefixed_topic,
@@ -44,8 +43,9 @@ from ._codec import (
 )
 from ._errors import LocalProtocolError, QueueFull, RemoteProtocolError
 from ._events import Event, MessageReceived, PublishAcked, PublishFailed
-from ._fast import fast_constructor
 from ._packets import Packet, PubAck, PubComp, Publish, PubRec, PubRel
+from ._reader import PacketReader
+from ._records import fast_constructor
 from ._state import Input, State
 
 _message_received = fast_constructor(MessageReceived)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ._codec import encode
+from ._encode import encode
 from ._errors import LocalProtocolError, PacketTooLarge, RemoteProtocolError
 from ._events import (
     ClientDisconnected,

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from typing import Any
 
@@ -177,9 +176,9 @@ def assert_identical(actual: Any, expected: Any) -> None:
         assert len(actual) == len(expected)
         for a, e in zip(actual, expected, strict=True):
             assert_identical(a, e)
-    elif dataclasses.is_dataclass(expected):
-        for field in dataclasses.fields(expected):
-            assert_identical(getattr(actual, field.name), getattr(expected, field.name))
+    elif hasattr(expected, "__match_args__"):  # a packet: compare field by field
+        for name in expected.__match_args__:
+            assert_identical(getattr(actual, name), getattr(expected, name))
     else:
         assert actual == expected
 

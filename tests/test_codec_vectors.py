@@ -19,7 +19,6 @@ A missing file fails the collection on purpose (no silent skip).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -292,7 +291,7 @@ def assert_same_value(actual: Any, expected: Any, where: str) -> None:
         assert len(actual) == len(expected), f"{where}: {actual!r} != {expected!r}"
         for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
             assert_same_value(a, e, f"{where}[{i}]")
-    elif dataclasses.is_dataclass(expected):
+    elif hasattr(expected, "__match_args__"):  # a packet (or Will)
         assert_fields_equal(actual, expected, where)
     else:
         assert actual == expected, f"{where}: {actual!r} != {expected!r}"
@@ -302,11 +301,11 @@ def assert_fields_equal(actual: Any, expected: Any, where: str = "") -> None:
     assert type(actual) is type(expected), (
         f"{where}: decoded {type(actual).__name__}, expected {type(expected).__name__}"
     )
-    for field in dataclasses.fields(expected):
+    for name in expected.__match_args__:
         assert_same_value(
-            getattr(actual, field.name),
-            getattr(expected, field.name),
-            f"{where}.{field.name}" if where else field.name,
+            getattr(actual, name),
+            getattr(expected, name),
+            f"{where}.{name}" if where else name,
         )
     assert actual == expected
 

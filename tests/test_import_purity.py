@@ -55,7 +55,7 @@ def test_import_pulls_in_only_the_standard_library() -> None:
     assert Path(str(data["file"])).resolve().parent == PACKAGE_DIR
     modules = data["modules"]
     assert isinstance(modules, list)
-    assert "iotdev_mqtt._codec" in modules  # the probe really imported the package
+    assert "iotdev_mqtt._reader" in modules  # the probe really imported the package
     outside = [
         m
         for m in modules
@@ -97,7 +97,7 @@ def imported_modules(path: Path) -> set[str]:
 
 def source_files() -> list[Path]:
     files = sorted(PACKAGE_DIR.rglob("*.py"))
-    assert PACKAGE_DIR / "_codec.py" in files
+    assert PACKAGE_DIR / "_reader.py" in files
     return files
 
 
@@ -123,8 +123,8 @@ def test_source_imports_are_stdlib_only() -> None:
 
 def test_import_scanner_sees_imports(tmp_path: Path) -> None:
     """The scanner itself must find imports, or the tests above prove nothing."""
-    found = imported_modules(PACKAGE_DIR / "_codec.py")
-    assert {"__future__", "collections", "typing"} <= found
+    found = imported_modules(PACKAGE_DIR / "_encode.py")
+    assert {"__future__", "collections", "struct"} <= found
     sample = tmp_path / "sample.py"
     sample.write_text(
         "import os.path, socket as s\n"

@@ -1,30 +1,43 @@
-"""Options shared by both drivers: what CONNECT carries and how to reconnect."""
+"""Options shared by both drivers: what CONNECT carries and how to reconnect.
+
+Plain classes with the ``__init__``, ``__eq__`` and ``__repr__`` a
+``@dataclass`` would give them (written out: building dataclasses at import
+costs the client's import time, see README "Footprint on small boards").
+"""
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from iotdev_mqtt import ConnAckCode, Will
 
 from .._errors import ClientError, ConnectionFailedError, CredentialError
 
+if TYPE_CHECKING:
+    import random
+
 __all__ = ["ConnectOptions", "Credentials", "ReconnectPolicy", "connack_error"]
 
 
-@dataclass
 class Credentials:
     """User name and password for CONNECT (the password of IoT Hub is a SAS token)."""
 
-    username: str | None = None
-    password: bytes | None = None
+    __match_args__ = ("username", "password")
+
+    def __init__(self, username: str | None = None, password: bytes | None = None) -> None:
+        self.username = username
+        self.password = password
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Credentials) and other.__class__ is self.__class__:
+            return (self.username, self.password) == (other.username, other.password)
+        return NotImplemented
 
     def __repr__(self) -> str:
         return f"Credentials(username={self.username!r}, password=<hidden>)"
 
 
-@dataclass
 class ConnectOptions:
     """What goes into CONNECT.
 
@@ -38,11 +51,33 @@ class ConnectOptions:
         will: the Will message, if any.
     """
 
-    client_id: str
-    keep_alive: int = 60
-    clean_session: bool = True
-    credentials: Credentials | Callable[[], Credentials] | None = None
-    will: Will | None = None
+    __match_args__ = ("client_id", "keep_alive", "clean_session", "credentials", "will")
+
+    def __init__(
+        self,
+        client_id: str,
+        keep_alive: int = 60,
+        clean_session: bool = True,
+        credentials: Credentials | Callable[[], Credentials] | None = None,
+        will: Will | None = None,
+    ) -> None:
+        self.client_id = client_id
+        self.keep_alive = keep_alive
+        self.clean_session = clean_session
+        self.credentials = credentials
+        self.will = will
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ConnectOptions) and other.__class__ is self.__class__:
+            return (self.client_id, self.keep_alive, self.clean_session, self.credentials,
+                    self.will) == (other.client_id, other.keep_alive, other.clean_session,
+                                   other.credentials, other.will)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__qualname__}(client_id={self.client_id!r}, "
+                f"keep_alive={self.keep_alive!r}, clean_session={self.clean_session!r}, "
+                f"credentials={self.credentials!r}, will={self.will!r})")
 
     def current_credentials(self) -> Credentials:
         creds = self.credentials
@@ -60,7 +95,6 @@ class ConnectOptions:
         return callable(self.credentials)
 
 
-@dataclass
 class ReconnectPolicy:
     """Reconnect after a drop: the first attempt at once (within
     ``first_window`` seconds or a quarter of ``interval``, whichever is less,
@@ -69,11 +103,33 @@ class ReconnectPolicy:
     failed attempt up to ``max_interval``, with jitter (each wait drawn from
     50-100 % of the nominal one).  ``enabled=False`` reports the drop and stops."""
 
-    enabled: bool = True
-    interval: float = 10.0
-    max_interval: float = 120.0
-    jitter: bool = True
-    first_window: float = 1.0
+    __match_args__ = ("enabled", "interval", "max_interval", "jitter", "first_window")
+
+    def __init__(
+        self,
+        enabled: bool = True,
+        interval: float = 10.0,
+        max_interval: float = 120.0,
+        jitter: bool = True,
+        first_window: float = 1.0,
+    ) -> None:
+        self.enabled = enabled
+        self.interval = interval
+        self.max_interval = max_interval
+        self.jitter = jitter
+        self.first_window = first_window
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ReconnectPolicy) and other.__class__ is self.__class__:
+            return (self.enabled, self.interval, self.max_interval, self.jitter,
+                    self.first_window) == (other.enabled, other.interval, other.max_interval,
+                                           other.jitter, other.first_window)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__qualname__}(enabled={self.enabled!r}, "
+                f"interval={self.interval!r}, max_interval={self.max_interval!r}, "
+                f"jitter={self.jitter!r}, first_window={self.first_window!r})")
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """Seconds to wait before reconnection attempt ``attempt`` (1 = the first)."""
