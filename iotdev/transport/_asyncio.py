@@ -31,7 +31,7 @@ from typing import Any
 from iotdev_mqtt import MessageReceived
 
 from .._errors import ClientError, OperationCancelled
-from ._core import DriverCore
+from ._core import DriverCore, settle
 from ._endpoint import Endpoint, map_connect_error
 from ._options import ConnectOptions, ReconnectPolicy
 
@@ -274,12 +274,7 @@ class AsyncDriver:
     def attempt_ended(self, error: BaseException | None) -> None:
         if error is not None:
             log.debug("connection attempt to %s failed: %s", self.endpoint.describe(), error)
-        done = self._attempt_done
-        if done is not None and not done.done():
-            if error is None:
-                done.set_result(None)
-            else:
-                done.set_exception(error)
+        settle(self._attempt_done, error=error)
 
     def retry_in(self, delay: float) -> None:
         if self._stopped:

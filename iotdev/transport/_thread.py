@@ -44,7 +44,7 @@ from typing import Any
 from iotdev_mqtt import MessageReceived
 
 from .._errors import ClientError, OperationCancelled
-from ._core import DriverCore
+from ._core import DriverCore, settle
 from ._endpoint import Endpoint, map_connect_error
 from ._options import ConnectOptions, ReconnectPolicy
 
@@ -382,12 +382,7 @@ class ThreadDriver:
     def attempt_ended(self, error: BaseException | None) -> None:
         if error is not None:
             log.debug("connection attempt to %s failed: %s", self.endpoint.describe(), error)
-        fut = self._connect_future
-        if fut is not None and not fut.done():
-            if error is None:
-                fut.set_result(None)
-            else:
-                fut.set_exception(error)
+        settle(self._connect_future, error=error)
 
     def retry_in(self, delay: float) -> None:
         self._retry_at = time.monotonic() + delay
