@@ -295,8 +295,8 @@ class AsyncDriver:
         self._connecting = asyncio.ensure_future(self._attempt())
         try:
             await asyncio.shield(self._connecting)
-        except ClientError:
-            pass  # reported, and retried or given up, by the core
+        except (ClientError, OperationCancelled):
+            pass  # reported, and retried or given up, by the core; or disconnect()
 
     # ------------------------------------------------------------------ I/O
 
