@@ -16,8 +16,9 @@ clocks or logging: time comes from ``DriverIO.now()``):
   and ``set_exception`` (the thread driver's ``Completion``, an
   ``asyncio.Future``).
 * **Retry policy.**  A failed attempt is retried (``DriverIO.retry_in`` with
-  the policy's back-off) only while reconnecting after a drop; the first
-  ``connect()`` reports its failure.  CONNACK 1/2, and 4/5 with fixed
+  the policy's back-off) only while reconnecting after a drop, and every
+  failed reconnection is reported (``on_error``), the last one too; the first
+  ``connect()`` raises its failure instead.  CONNACK 1/2, and 4/5 with fixed
   credentials, stop the retries: trying again cannot help.  Giving up fails
   what is pending and drops the session (a later ``connect()`` starts afresh).
 * **Timers.**  ``next_deadline()`` is the earliest of the handshake deadline
@@ -445,10 +446,11 @@ class DriverCore(Generic[W]):
             error = chained(ConnectionFailedError(str(error)), error)
         self.close(str(error), report=False)
         self.io.attempt_ended(error)
-        if self.reconnect.enabled and self.want_connected and self.ever_connected:
+        if self.ever_connected:  # a reconnection: say why, whether or not it goes on
             self.io.report(error)
-            self.io.retry_in(self.retry_delay())
-            return
+            if self.reconnect.enabled and self.want_connected:
+                self.io.retry_in(self.retry_delay())
+                return
         self.give_up(error)
 
     def retry_delay(self) -> float:
