@@ -1277,15 +1277,19 @@ def test_full_offline_queue_raises_a_client_error(own_hub: dict[str, Hub], aio: 
     aio.run(body)
 
 
-def test_max_queued_messages_zero_is_refused(hub: Hub, dev: str, aio: Aio) -> None:
+def test_max_queued_messages_zero_is_refused_and_one_delivers(hub: Hub, dev: str,
+                                                             aio: Aio) -> None:
+    """As the sync test: 0 is refused, 1 delivers (checked at the hub)."""
     with pytest.raises(ValueError, match="max_queued_messages must be at least 1"):
         aio.make(dev, max_queued_messages=0)
-    client = aio.make(dev, max_queued_messages=1)
+    device_id = new_id("queue1")
+    hub.add_device(device_id)
 
     async def body() -> None:
-        await client.send_message("connected: nothing has to wait")
-        assert [m.body for m in await hub.await_telemetry(dev, 1)] == [
-            b"connected: nothing has to wait"]
+        client = aio.make(device_id, max_queued_messages=1)
+        await client.send_message("first")  # connects in the background (auto_connect)
+        await client.send_message("second")
+        assert await bodies(hub, device_id, 2) == [b"first", b"second"]
 
     aio.run(body)
 

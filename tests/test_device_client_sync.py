@@ -1462,14 +1462,20 @@ def test_full_offline_queue_raises_a_client_error(own_hub: dict[str, Hub],
     assert [m.body for m in hub.wait_for_telemetry("dev", 1)] == [b"queued"]
 
 
-def test_max_queued_messages_zero_is_refused(hub: Hub, dev: str,
-                                             make: Callable[..., Client]) -> None:
-    # No queue at all would make every send while reconnecting an error: refused.
+def test_max_queued_messages_zero_is_refused_and_one_delivers(
+        hub: Hub, dev: str, make: Callable[..., Client]) -> None:
+    """Pinned both ways (the old test passed whether 0 was refused or
+    accepted, and never checked delivery): a queue of 0 could hold no
+    publish at all, so 0 is refused with a ``ValueError`` naming the option;
+    the smallest queue, 1, delivers."""
     with pytest.raises(ValueError, match="max_queued_messages must be at least 1"):
         make(dev, max_queued_messages=0)
-    client = make(dev, max_queued_messages=1)
-    client.send_message("connected: nothing has to wait")
-    assert [m.body for m in hub.wait_for_telemetry(dev, 1)] == [b"connected: nothing has to wait"]
+    device_id = new_id("queue1")
+    hub.add_device(device_id)
+    client = make(device_id, max_queued_messages=1)
+    client.send_message("first")  # connects in the background (auto_connect)
+    client.send_message("second")
+    assert [m.body for m in hub.wait_for_telemetry(device_id, 2)] == [b"first", b"second"]
 
 
 def test_no_call_hangs_while_the_hub_is_down(own_hub: dict[str, Hub],
