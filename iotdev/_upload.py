@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 from urllib.parse import quote, quote_plus, urlsplit
 
+from ._compat import add_note
 from ._errors import (
     ClientError,
     ConnectionDroppedError,
@@ -388,7 +389,7 @@ def upload(config: UploadConfig, session: HTTPSession, blob_name: str, source: S
         try:
             yield from notify(config, session, correlation_id, False, status, description)
         except Exception as notify_exc:
-            exc.add_note(f"notifying the hub of the failure failed too: {notify_exc}")
+            add_note(exc, f"notifying the hub of the failure failed too: {notify_exc}")
         raise
     yield from notify(config, session, correlation_id, True, result.status_code,
                       f"uploaded {result.size} bytes")

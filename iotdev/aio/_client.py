@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from iotdev_mqtt import MessageReceived
 
+from .._compat import async_timeout
 from .._errors import (
     ClientError,
     ConnectionDroppedError,
@@ -124,7 +125,7 @@ class IoTHubDeviceClient:
     async def _bounded(self, awaitable: Any, timeout: float | None, what: str) -> Any:
         limit = self._config.operation_timeout if timeout is None else timeout
         try:
-            async with asyncio.timeout(limit):
+            async with async_timeout(limit):
                 return await awaitable
         except TimeoutError:
             raise OperationTimeout(f"{what} did not complete within {limit:g} s") from None

@@ -165,7 +165,7 @@ class BlobSas:
               permissions: str = SAS_PERMISSIONS) -> str:
         """The SAS query string (with its ``?``) for ``container/blob`` until
         ``expiry`` (seconds since the epoch)."""
-        se = datetime.datetime.fromtimestamp(expiry, datetime.UTC).strftime(_SE_FORMAT)
+        se = datetime.datetime.fromtimestamp(expiry, datetime.timezone.utc).strftime(_SE_FORMAT)
         sig = self._sign(container, blob, se, permissions, BLOB_SAS_VERSION)
         return (f"?sv={BLOB_SAS_VERSION}&sr=b&sig={quote(sig, safe='')}"
                 f"&se={quote(se, safe='')}&sp={permissions}")
@@ -191,7 +191,8 @@ class BlobSas:
             raise _auth_failed(f"Signature did not match: the SAS was not issued for "
                                f"/{container}/{blob}")
         try:
-            expiry = datetime.datetime.strptime(se, _SE_FORMAT).replace(tzinfo=datetime.UTC)
+            expiry = datetime.datetime.strptime(se, _SE_FORMAT).replace(
+                tzinfo=datetime.timezone.utc)
         except ValueError:
             raise _auth_failed(f"se={se!r} is not a time") from None
         if now >= expiry.timestamp():
@@ -217,7 +218,7 @@ def storage_error_response(error: ServiceError) -> Response:
     """Azure Storage's error shape: XML ``<Error>`` with ``Code`` and
     ``Message`` (and ``AuthenticationErrorDetail``), ``x-ms-error-code``."""
     request_id = str(uuid.uuid4())
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f0Z")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f0Z")
     if error.code == "AuthenticationFailed":
         message, detail = _AUTH_MESSAGE, error.message
     else:

@@ -147,7 +147,7 @@ def ensure_certificates(
     from cryptography.hazmat.primitives import serialization
 
     wanted = _requested_names(hub_name, addresses)
-    moment = datetime.datetime.now(datetime.UTC) if now is None else now
+    moment = datetime.datetime.now(datetime.timezone.utc) if now is None else now
     if moment.tzinfo is None:
         raise ValueError("now must be an aware datetime")
     state_dir = Path(state_dir)

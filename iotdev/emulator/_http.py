@@ -170,7 +170,7 @@ def json_response(status: int, document: Any) -> Response:
 
 def error_response(error: ServiceError) -> Response:
     """IoT Hub's error shape: ``{"Message": "ErrorCode:<Name>;<text>", ...}``."""
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     response = json_response(error.status, {
         "Message": f"ErrorCode:{error.code};{error.message}",
         "ExceptionMessage": f"Tracking ID:{uuid.uuid4().hex}-G:0-TimeStamp:{stamp}",

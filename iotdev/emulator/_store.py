@@ -424,7 +424,7 @@ def _check_size(section: str, document: Mapping[str, Any], limit: int) -> None:
 
 
 def _iso_time(now: float) -> str:
-    moment = datetime.datetime.fromtimestamp(now, datetime.UTC)
+    moment = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

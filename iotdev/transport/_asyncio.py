@@ -43,6 +43,7 @@ from iotdev_mqtt import (
     Unsubscribed,
 )
 
+from .._compat import async_timeout
 from .._errors import (
     ClientError,
     ConnectionDroppedError,
@@ -177,7 +178,7 @@ class AsyncDriver:
         done: asyncio.Future[None] = loop.create_future()
         self._attempt_done = done
         try:
-            async with asyncio.timeout(endpoint.connect_timeout):
+            async with async_timeout(endpoint.connect_timeout):
                 try:
                     _, proto = await loop.create_connection(lambda: _Protocol(self), host, port)
                 except OSError as exc:
