@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._deps import MissingDependencyError
 from ._errors import (
     ClientError,
     ConnectionDroppedError,
@@ -55,6 +56,7 @@ __all__ = [
     "Message",
     "MethodRequest",
     "MethodResponse",
+    "MissingDependencyError",
     "NoConnectionError",
     "OperationCancelled",
     "OperationTimeout",

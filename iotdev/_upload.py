@@ -47,6 +47,7 @@ from typing import IO, Any
 from urllib.parse import quote, quote_plus, urlsplit
 
 from ._compat import add_note
+from ._deps import require
 from ._errors import (
     ClientError,
     ConnectionDroppedError,
@@ -56,7 +57,10 @@ from ._errors import (
     TLSError,
 )
 from .transport._endpoint import Endpoint
-from .transport._http import (
+
+require("h11", "file upload (get_storage_info_for_blob, notify_blob_upload_status, upload_blob)")
+
+from .transport._http import (  # noqa: E402  (after the check: it imports h11)
     Deadline,
     Flow,
     HTTPRequest,
