@@ -26,7 +26,7 @@ from iotdev.emulator._certs import CertPaths, ensure_certificates
 
 HUB = "test-hub.azure-devices.net"
 TIMEOUT = 5.0
-T0 = datetime.datetime(2030, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
+T0 = datetime.datetime(2030, 1, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)
 FILES = ("ca.pem", "ca.key", "server.pem", "server.key")
 
 

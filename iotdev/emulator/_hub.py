@@ -405,7 +405,7 @@ class Hub:
         conn.flush()
         try:
             return await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
+        except (TimeoutError, asyncio.TimeoutError):  # distinct on 3.10
             return MethodResult(504, {"errorCode": 504101, "message":
                                       f"timed out waiting for the response from {device_id}"})
         finally:

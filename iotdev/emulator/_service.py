@@ -408,7 +408,7 @@ class ServiceAPI(HTTPAPI):
                 async with cond:
                     await asyncio.wait_for(
                         cond.wait_for(lambda: bool(store.telemetry(device_id, since))), wait)
-            except TimeoutError:
+            except (TimeoutError, asyncio.TimeoutError):  # distinct on 3.10
                 pass
             messages = store.telemetry(device_id, since)
         out: list[dict[str, Any]] = []
