@@ -67,12 +67,15 @@ def venv(kind: str) -> Path:
     """A fresh venv on ``smoke_python()`` with the wheel installed; its ``bin``.
 
     ``kind``: ``"emulator"`` (``pip install 'iotdev[emulator]'``: the extra a
-    device-plus-emulator user installs), ``"plain"`` (``pip install iotdev``)
-    or ``"no-deps"`` (``pip install --no-deps iotdev``: standard library only).
+    device-plus-emulator user installs), ``"plain"`` (``pip install iotdev``),
+    ``"no-deps"`` (``pip install --no-deps iotdev``: standard library only) or
+    ``"bare"`` (nothing installed: the README's own ``pip install`` does it).
     """
     path = _workdir() / f"venv-{kind}"
     _run([smoke_python(), "-m", "venv", path])
     bin_dir = path / "bin"
+    if kind == "bare":
+        return bin_dir
     requirement = {"emulator": "iotdev[emulator]", "plain": "iotdev",
                    "no-deps": "iotdev"}[kind]
     extra = ["--no-deps"] if kind == "no-deps" else []
