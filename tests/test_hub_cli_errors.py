@@ -177,3 +177,11 @@ def test_log_level_flags() -> None:
     assert _cli._parser().parse_args(["serve", "--log-level", "info"]).log_level == "INFO"
     result = run(["serve", "--log-level", "loud"])
     assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_client_commands_find_the_ca_through_state(tmp_path: Path) -> None:
+    result = subprocess.run([*CLI, "devices", "--state", str(tmp_path / "hub")],
+                            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"CA certificate {tmp_path / 'hub' / 'ca.pem'} not found" in result.stderr
+    assert "--state it was started with" in result.stderr

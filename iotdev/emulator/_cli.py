@@ -15,10 +15,11 @@ talk to a running one through its HTTPS service API.
     iotdev-hub uploads [thermostat-1] [--json]
 
 The client subcommands take ``--url`` (default ``https://127.0.0.1:8443``,
-what ``serve`` listens on by default) and ``--ca`` (default
-``./iotdev-hub-state/ca.pem``, what ``serve`` writes by default), and use only
-the standard library.  Exit codes: 0 done, 1 the service answered an error
-(its status and message are printed), 2 a usage or connection error.
+what ``serve`` listens on by default) and ``--state`` (the folder ``serve``
+was given, default ``./iotdev-hub-state``) or ``--ca`` (default
+``STATE/ca.pem``), and use only the standard library.  Exit codes: 0 done,
+1 the service answered an error (its status and message are printed), 2 a
+usage or connection error.
 
 ``serve`` reports every bad input on one line and exits with 2 (a bad
 ``--device``, a state path that is a file or cannot be written, a corrupt state
@@ -102,8 +103,10 @@ def _parser() -> argparse.ArgumentParser:
     client = argparse.ArgumentParser(add_help=False)
     client.add_argument("--url", default=DEFAULT_URL,
                         help="the running emulator's service API")
-    client.add_argument("--ca", type=Path, default=DEFAULT_STATE / "ca.pem",
-                        help="its CA certificate (serve writes STATE/ca.pem)")
+    client.add_argument("--state", type=Path, default=DEFAULT_STATE,
+                        help="the state folder the emulator was started with (for its CA)")
+    client.add_argument("--ca", type=Path, default=None,
+                        help="its CA certificate (default: STATE/ca.pem, which serve writes)")
     c2d = sub.add_parser("c2d", parents=[client], help="send a cloud-to-device message")
     c2d.add_argument("device")
     c2d.add_argument("body", help="the message (text; '-' reads bytes from stdin)")
@@ -166,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"iotdev-hub serve: {exc}", file=sys.stderr)
             return EXIT_LISTEN
     try:
-        client = _ServiceClient(args.url, args.ca)
+        client = _ServiceClient(args.url, args.ca or args.state / "ca.pem")
         return _COMMANDS[args.command](client, args)
     except _UsageError as exc:
         print(f"iotdev-hub {args.command}: {exc}", file=sys.stderr)
@@ -347,7 +350,8 @@ class _ServiceClient:
         self.prefix = parts.path.rstrip("/")
         if not ca.is_file():
             raise _UsageError(f"CA certificate {ca} not found: start `iotdev-hub serve` "
-                              "(it writes STATE/ca.pem) or pass --ca")
+                              "(it writes STATE/ca.pem), or pass the --state it was started "
+                              "with, or --ca")
         try:
             self.context = ssl.create_default_context(cafile=str(ca))
         except (OSError, ssl.SSLError) as exc:
