@@ -9,8 +9,10 @@ FUZZ_SECONDS ?= 20
 FUZZ_CAMPAIGN_SECONDS ?= 600
 # The oldest and newest CPython this machine has (pyenv), for the device path
 # and the installed wheel: `make pythons` and `make wheel-smoke` use them.
-PY_OLDEST ?= $(shell PYENV_VERSION=3.10.13 pyenv which python 2>/dev/null || command -v python3.10)
-PY_NEWEST ?= $(shell PYENV_VERSION=3.13.0 pyenv which python 2>/dev/null || command -v python3.13)
+PY_OLDEST ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10) \
+  $(shell command -v python3.10))
+PY_NEWEST ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13) \
+  $(shell command -v python3.13))
 SMOKE_PYTHONS ?= $(PY_OLDEST) $(PY_NEWEST)
 # What runs on every supported Python: the codec and engines, the transports,
 # both device clients, the MQTT clients, file upload and the samples.
