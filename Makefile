@@ -23,7 +23,8 @@ DEVICE_TESTS := tests/test_codec_vectors.py tests/test_codec_encode_errors.py \
   tests/test_import_purity.py tests/test_reconnect_policy.py tests/test_completion.py \
   tests/test_transport_refusals.py tests/test_device_client_sync.py \
   tests/test_device_client_aio.py tests/test_mqtt_client_sync.py tests/test_mqtt_client_async.py \
-  tests/test_upload_client.py tests/test_samples.py tests/test_trust_store.py
+  tests/test_upload_client.py tests/test_samples.py tests/test_trust_store.py \
+  tests/test_compat.py
 # Only what the tests above import besides iotdev[emulator].
 PYTHONS_TEST_DEPS := pytest hypothesis "paho-mqtt>=1.6,<2"
 
