@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from iotdev_mqtt import ProtocolError
 
+from ._compat import async_timeout
 from ._errors import ClientError, CredentialError, OperationCancelled, OperationTimeout
 from ._outbox import FLUSH_AFTER, Outbox, Row
 
@@ -346,7 +347,7 @@ class AsyncSender:
             self._schedule()  # acknowledged rows are deleted at once while we wait
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(timeout):
+            async with async_timeout(timeout):
                 while not outbox.drained_through(barrier):
                     if outbox.closed:
                         raise OperationCancelled("the client was shut down")

@@ -37,6 +37,7 @@ from iotdev import (
     ServiceError,
 )
 from iotdev._auth import device_resource_uri, generate_sas_token
+from iotdev._compat import async_timeout
 from iotdev.aio import IoTHubDeviceClient
 from iotdev.emulator import Hub
 from tests.test_device_client_sync import (
@@ -92,7 +93,7 @@ class ARecorder:
         if self._changed is None:
             self._changed = asyncio.Event()
         try:
-            async with asyncio.timeout(timeout):
+            async with async_timeout(timeout):
                 while not predicate(self.items):
                     self._changed.clear()
                     await self._changed.wait()
@@ -142,7 +143,7 @@ class Aio:
     def run(self, body: Callable[[], Awaitable[Any]], deadline: float = TEST_DEADLINE) -> Any:
         async def main() -> Any:
             try:
-                async with asyncio.timeout(deadline):
+                async with async_timeout(deadline):
                     return await body()
             finally:
                 for client in self.made:
@@ -537,7 +538,7 @@ def test_send_message_every_attribute_on_the_wire(hub: Hub, spy: HubSpy, dev: st
                       content_type="application/json", output_name="out/1")
     message.correlation_id = "c/1"
     message.user_id = "user@x"
-    message.expiry_time_utc = datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    message.expiry_time_utc = datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
     message.set_as_security_message()
     message.custom_properties = {"zeta": "a+b", "alpha": 1, "sp ace": "x&y=z", "pct": "100%",
                                  "$.ctime": "x", "ünï": "çødé ✓"}

@@ -664,7 +664,7 @@ def _every_attribute() -> tuple[Message, str]:
                       content_type="application/json", output_name="out/1")
     message.correlation_id = "c/1"
     message.user_id = "user@x"
-    message.expiry_time_utc = datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    message.expiry_time_utc = datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
     message.set_as_security_message()
     message.custom_properties = {
         "zeta": "a+b", "alpha": 1, "sp ace": "x&y=z", "pct": "100%",
@@ -686,7 +686,7 @@ def _reference_example() -> tuple[Message, str]:
     message = Message("payload", message_id="msg 1", content_type="application/json",
                       content_encoding="utf-8")
     message.correlation_id = "c/1"
-    message.expiry_time_utc = datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    message.expiry_time_utc = datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
     message.custom_properties = {"zeta": "a+b", "alpha": 1, "sp ace": "x&y=z",
                                  "iothub-creation-time-utc": "2024-01-01T00:00:00Z"}
     bag = ("%24.mid=msg%201&%24.cid=c%2F1&%24.ct=application%2Fjson&%24.ce=utf-8"

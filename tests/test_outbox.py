@@ -35,6 +35,7 @@ from iotdev import (
     OperationCancelled,
     OperationTimeout,
 )
+from iotdev._compat import async_timeout
 from iotdev._outbox import Outbox
 from iotdev.aio import IoTHubDeviceClient as AsyncClient
 from iotdev.emulator import Hub
@@ -686,7 +687,7 @@ class Aio:
     def run(self, body: Callable[[], Awaitable[Any]], deadline: float = 30.0) -> Any:
         async def main() -> Any:
             try:
-                async with asyncio.timeout(deadline):
+                async with async_timeout(deadline):
                     return await body()
             finally:
                 for client in self.made:

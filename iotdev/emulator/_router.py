@@ -529,7 +529,7 @@ class Router:
         async with cond:
             try:
                 await asyncio.wait_for(cond.wait_for(ready), timeout)
-            except asyncio.TimeoutError:  # noqa: UP041 (not TimeoutError on 3.10)
+            except asyncio.TimeoutError:
                 return False
         return True
 
@@ -563,7 +563,7 @@ class Router:
         conn.flush()
         try:
             return await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:  # noqa: UP041 (not TimeoutError on 3.10)
+        except asyncio.TimeoutError:
             return MethodResult(504, {"errorCode": 504101, "message":
                                       f"timed out waiting for the response from {key}"})
         finally:

@@ -30,6 +30,7 @@ from typing import Any
 
 from iotdev_mqtt import MessageReceived
 
+from .._compat import async_timeout
 from .._errors import ClientError, OperationCancelled
 from ._core import DriverCore, settle
 from ._endpoint import Endpoint, map_connect_error
@@ -141,7 +142,7 @@ class AsyncDriver:
         self._attempt_done = done
         try:
             try:
-                async with asyncio.timeout(endpoint.connect_timeout):
+                async with async_timeout(endpoint.connect_timeout):
                     _, proto = await loop.create_connection(lambda: _Protocol(self), host, port)
             except OSError as exc:  # TimeoutError included
                 self.core.fail_attempt(map_connect_error(exc, endpoint), exc)

@@ -47,6 +47,7 @@ from typing import Any, TypeVar
 
 import h11
 
+from .._compat import async_timeout
 from .._errors import (
     ClientError,
     ConnectionDroppedError,
@@ -613,16 +614,16 @@ async def _perform_async(op: Operation, limit: float | None, session: HTTPSessio
     if isinstance(op, Send):
         writer: asyncio.StreamWriter = op.conn.handle[1]
         writer.write(op.data)
-        async with asyncio.timeout(_bounded(op.timeout, limit)):
+        async with async_timeout(_bounded(op.timeout, limit)):
             await writer.drain()
         return None
     if isinstance(op, Receive):
         reader: asyncio.StreamReader = op.conn.handle[0]
-        async with asyncio.timeout(_bounded(op.timeout, limit)):
+        async with async_timeout(_bounded(op.timeout, limit)):
             return await reader.read(RECEIVE_SIZE)
     if isinstance(op, Connect):
         host, port = op.conn.endpoint.dial_address
-        async with asyncio.timeout(_bounded(op.conn.endpoint.connect_timeout, limit)):
+        async with async_timeout(_bounded(op.conn.endpoint.connect_timeout, limit)):
             op.conn.handle = await asyncio.open_connection(host, port, limit=RECEIVE_SIZE)
         sock = op.conn.handle[1].get_extra_info("socket")
         if sock is not None:
