@@ -134,7 +134,15 @@ def test_installed_without_extras(tmp_path: Path) -> None:
         conn = "HostName=h.example;DeviceId=d;SharedAccessKey=" + "QUFB" * 11
         IoTHubDeviceClient.create_from_connection_string(conn, websockets=True).shutdown()
         ProxyOptions("HTTP", "proxy.example", 3128)
+        import iotdev.emulator  # the package itself loads without cryptography
+        try:
+            from iotdev.emulator import Hub  # noqa: F401
+        except iotdev.MissingDependencyError as exc:
+            assert exc.name == "cryptography" and "iotdev[emulator]" in str(exc), exc
+        else:
+            raise AssertionError("the emulator without cryptography did not raise")
     """, tmp_path)
+    assert run_in(bin_dir, ["iotdev-hub", "--help"], tmp_path).startswith("usage: iotdev-hub")
     result = subprocess.run([str(bin_dir / "iotdev-hub"), "serve"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=TIMEOUT,
                             env=pip_env(bin_dir), stdin=subprocess.DEVNULL)
@@ -186,6 +194,8 @@ def test_installed_no_deps(tmp_path: Path) -> None:
             client.shutdown()
         print("ok")
     """, tmp_path)
+    # The CLI's help needs nothing beyond the standard library.
+    assert run_in(bin_dir, ["iotdev-hub", "--help"], tmp_path).startswith("usage: iotdev-hub")
 
 
 @pytest.mark.parametrize("kind", ["plain"])

@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in ("demo", "serve"):
         _configure_logging(args)
+    if args.command in ("demo", "serve", "edge-env", "dps"):
         try:
             _check_dependencies()
         except _UsageError as exc:
