@@ -48,6 +48,7 @@ import h11
 from .._errors import (
     ClientError,
     ConnectionDroppedError,
+    ConnectionRefusedByHostError,
     OperationCancelled,
     OperationTimeout,
 )
@@ -189,8 +190,9 @@ class HTTPConnection:
     keeps the socket in ``handle``)."""
 
     def __init__(self, endpoint: Endpoint, *, read_timeout: float = 30.0,
-                 max_body: int = DEFAULT_MAX_BODY) -> None:
+                 max_body: int = DEFAULT_MAX_BODY, unix_path: str | None = None) -> None:
         self.endpoint = endpoint
+        self.unix_path = unix_path  # plain HTTP over this Unix socket instead (IoT Edge)
         self.read_timeout = read_timeout
         self.max_body = max_body
         self.handle: Any = None
@@ -200,6 +202,8 @@ class HTTPConnection:
 
     @property
     def where(self) -> str:
+        if self.unix_path is not None:
+            return f"unix://{self.unix_path}"
         return f"{self.endpoint.host}:{self.endpoint.port}"
 
     def _open(self) -> Flow[None]:
@@ -401,6 +405,17 @@ class HTTPSession:
                 endpoint, read_timeout=self.read_timeout, max_body=self.max_body)
         return conn
 
+    def unix_connection(self, path: str) -> HTTPConnection:
+        """A plain HTTP connection over the Unix socket at ``path`` (the IoT Edge
+        workload API); requests carry ``Host: localhost``."""
+        key = (f"unix://{path}", 0, None)
+        conn = self.connections.get(key)
+        if conn is None:
+            conn = self.connections[key] = HTTPConnection(
+                Endpoint(host="localhost", port=80, connect_timeout=self.read_timeout),
+                read_timeout=self.read_timeout, max_body=self.max_body, unix_path=path)
+        return conn
+
     def cancel(self, reason: str) -> None:
         with self._lock:
             self.cancelled = reason
@@ -436,6 +451,9 @@ def _translate(op: Operation, exc: BaseException, session: HTTPSession,
         return OperationCancelled(session.cancelled)
     if isinstance(exc, ClientError | OperationTimeout | OperationCancelled):
         return exc
+    if isinstance(op, Connect) and op.conn.unix_path is not None and isinstance(exc, OSError):
+        return ConnectionRefusedByHostError(
+            f"cannot connect to {op.conn.where}: {exc.strerror or exc}")
     if isinstance(op, Connect):
         return map_connect_error(exc, op.conn.endpoint)
     if isinstance(op, Send | Receive):
@@ -513,6 +531,20 @@ def _perform_sync(op: Operation, limit: float | None, session: HTTPSession,
         sock = op.conn.handle
         sock.settimeout(bound(op.timeout))
         return sock.recv(RECEIVE_SIZE)
+    if isinstance(op, Connect) and op.conn.unix_path is not None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(bound(op.conn.endpoint.connect_timeout))
+            sock.connect(op.conn.unix_path)
+        except BaseException:
+            sock.close()
+            raise
+        with session._lock:
+            op.conn.handle = sock
+            cancelled = session.cancelled
+        if cancelled is not None:
+            raise OperationCancelled(cancelled)
+        return None
     if isinstance(op, Connect):
         endpoint = op.conn.endpoint
         sock = socket.create_connection(endpoint.dial_address,
@@ -601,6 +633,11 @@ async def _perform_async(op: Operation, limit: float | None, session: HTTPSessio
         reader: asyncio.StreamReader = op.conn.handle[0]
         async with asyncio.timeout(bound(op.timeout)):
             return await reader.read(RECEIVE_SIZE)
+    if isinstance(op, Connect) and op.conn.unix_path is not None:
+        async with asyncio.timeout(bound(op.conn.endpoint.connect_timeout)):
+            op.conn.handle = await asyncio.open_unix_connection(op.conn.unix_path,
+                                                                limit=RECEIVE_SIZE)
+        return None
     if isinstance(op, Connect):
         host, port = op.conn.endpoint.dial_address
         async with asyncio.timeout(bound(op.conn.endpoint.connect_timeout)):

@@ -1,0 +1,57 @@
+"""``iotdev.aio.IoTHubModuleClient``: the azure-iot-device v2 asyncio module
+API.  Everything a device client does is ``HubClient``'s over the same
+sans-IO session with a module identity; this file adds only what a module
+has: outputs, inputs by name, and module-to-module method calls (see
+``iotdev.IoTHubModuleClient``)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from .. import _session as hs
+from .._face import deprecated
+from .._models import Message
+from .._module_face import ModuleFactories, check_invoke, invoke_flow, output_publish
+from ._client import HubClient
+
+__all__ = ["IoTHubModuleClient"]
+
+
+class IoTHubModuleClient(ModuleFactories, HubClient):
+    """An asyncio IoT Hub (or IoT Edge) module client (create it with a
+    factory).  ``on_message_received`` gets input messages (``input_name``
+    set)."""
+
+    async def send_message_to_output(self, message: Any, output_name: str, *,
+                                     timeout: float | None = None) -> None:
+        """As ``iotdev.IoTHubModuleClient.send_message_to_output``."""
+        self._check_alive()
+        publish = output_publish(self._session, message, output_name)
+        if self._outbox is not None:
+            self._outbox.put(publish.topic, publish.payload)
+            await asyncio.sleep(0)  # let the sender run (see send_message)
+            return
+        await self._send(publish, timeout, "send_message_to_output")
+
+    async def receive_message_on_input(self, input_name: str) -> Message:
+        """Deprecated (v2 2.3.0): the next message on input ``input_name``.
+
+        Raises:
+            ClientError: a receive handler was set before (v2's lock).
+            OperationCancelled: the client was shut down meanwhile.
+        """
+        deprecated("receive_message_on_input", "on_message_received")
+        if not isinstance(input_name, str):
+            raise TypeError(f"input_name must be a str, not {type(input_name).__name__}")
+        await self._want(lambda s: s.use_receive_api(hs.MESSAGES))
+        message: Message = await self._take(self._inbox(f"input:{input_name}"))
+        return message
+
+    async def invoke_method(self, method_params: dict[str, Any], device_id: str,
+                            module_id: str | None = None) -> Any:
+        """As ``iotdev.IoTHubModuleClient.invoke_method``, on this loop."""
+        self._check_alive()
+        check_invoke(self._config, method_params, device_id, module_id)
+        return await self._run_http(lambda session: invoke_flow(
+            self._config, session, method_params, device_id, module_id))
