@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from . import _session as hs
     from .transport._http import Flow, HTTPSession
 
-__all__ = ["ModuleFactories", "invoke_flow", "output_publish"]
+__all__ = ["ModuleFactories", "check_invoke", "input_inbox", "invoke_flow", "output_publish"]
 
 _Module = TypeVar("_Module", bound="ModuleFactories")
 
@@ -99,6 +99,17 @@ def output_publish(session: hs.HubSession, message: Any, output_name: str) -> hs
         message = Message(message)
     message.output_name = output_name  # as v2: the caller's Message carries it afterwards
     return session.telemetry(message)
+
+
+def input_inbox(input_name: object) -> str:
+    """The inbox of ``receive_message_on_input(input_name)``.
+
+    Raises:
+        TypeError: ``input_name`` is not a str.
+    """
+    if not isinstance(input_name, str):
+        raise TypeError(f"input_name must be a str, not {type(input_name).__name__}")
+    return f"input:{input_name}"
 
 
 def check_invoke(config: HubConfig, method_params: Any, device_id: Any,

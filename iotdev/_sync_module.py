@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import _module_face as mf
 from . import _session as hs
 from ._face import deprecated
 from ._models import Message
-from ._module_face import ModuleFactories, check_invoke, invoke_flow, output_publish
+from ._module_face import ModuleFactories
 from ._sync_client import HubClient
 
 __all__ = ["IoTHubModuleClient"]
@@ -40,7 +41,7 @@ class IoTHubModuleClient(ModuleFactories, HubClient):
             NoConnectionError, ClientError: as ``send_message``.
         """
         self._check_alive()
-        publish = output_publish(self._session, message, output_name)
+        publish = mf.output_publish(self._session, message, output_name)
         if self._outbox is not None:
             self._outbox.put(publish.topic, publish.payload)
             return
@@ -59,10 +60,9 @@ class IoTHubModuleClient(ModuleFactories, HubClient):
             OperationCancelled: the client was shut down meanwhile.
         """
         deprecated("receive_message_on_input", "on_message_received")
-        if not isinstance(input_name, str):
-            raise TypeError(f"input_name must be a str, not {type(input_name).__name__}")
+        inbox = mf.input_inbox(input_name)
         self._want(lambda s: s.use_receive_api(hs.MESSAGES))
-        message: Message | None = self._take(self._inbox(f"input:{input_name}"), block, timeout)
+        message: Message | None = self._take(self._inbox(inbox), block, timeout)
         return message
 
     def invoke_method(self, method_params: dict[str, Any], device_id: str,
@@ -89,6 +89,6 @@ class IoTHubModuleClient(ModuleFactories, HubClient):
             OperationCancelled: ``shutdown()`` was called meanwhile.
         """
         self._check_alive()
-        check_invoke(self._config, method_params, device_id, module_id)
-        return self._run_http(lambda session: invoke_flow(
+        mf.check_invoke(self._config, method_params, device_id, module_id)
+        return self._run_http(lambda session: mf.invoke_flow(
             self._config, session, method_params, device_id, module_id))

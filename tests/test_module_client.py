@@ -13,6 +13,9 @@ needs root (skipped without it, failing when ``CI`` is true)."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import json
 import os
 import socket
@@ -307,12 +310,17 @@ class FakeWorkload:
     ``bodies[path]``), written with h11: the error statuses the emulator's
     workload API never gives."""
 
-    def __init__(self, path: Path, statuses: dict[str, int],
-                 bodies: dict[str, Any] | None = None) -> None:
-        self.statuses, self.bodies = statuses, bodies or {}
-        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.server.bind(str(path))
+    def __init__(self, path: Path | None, statuses: dict[str, int],
+                 bodies: dict[str, Any] | None = None, key: str | None = None) -> None:
+        self.statuses, self.bodies, self.key = statuses, bodies or {}, key
+        if path is None:  # http://127.0.0.1:{port}
+            self.server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.server.bind(("127.0.0.1", 0))
+        else:
+            self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.server.bind(str(path))
         self.server.listen()
+        self.requests: list[tuple[str, bytes]] = []
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -324,20 +332,28 @@ class FakeWorkload:
                 return
             with sock:
                 conn = h11.Connection(h11.SERVER)
-                request = None
+                request, data = None, b""
                 while True:
                     event = conn.next_event()
                     if event is h11.NEED_DATA:
                         conn.receive_data(sock.recv(65536))
                     elif isinstance(event, h11.Request):
                         request = event
+                    elif isinstance(event, h11.Data):
+                        data += event.data
                     elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
                         break
                 assert request is not None
+                self.requests.append((request.target.decode(), data))
                 path = request.target.decode().split("?")[0]
                 key = "sign" if path.endswith("/sign") else path
                 status = self.statuses.get(key, 200)
-                body = json.dumps(self.bodies.get(key, {"message": "no"})).encode()
+                answer = self.bodies.get(key, {"message": "no"})
+                if key == "sign" and self.key is not None:
+                    text = base64.b64decode(json.loads(data)["data"])
+                    answer = {"digest": base64.b64encode(hmac.new(
+                        base64.b64decode(self.key), text, hashlib.sha256).digest()).decode()}
+                body = json.dumps(answer).encode()
                 sock.sendall(conn.send(h11.Response(status_code=status, headers=[
                     ("Content-Length", str(len(body))), ("Connection", "close")])))
                 sock.sendall(conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
@@ -374,6 +390,32 @@ def test_failing_workload_api_is_an_oserror_naming_the_status(
         assert "500" in text and isinstance(caught.value, ValueError)  # v2: ValueError
     else:
         assert "could not be reached" in text
+
+
+def test_workload_api_over_http(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ``http://host:port`` workload URI (the runtime's other form)."""
+    module = hub.store.module(EDGE, "filter")
+    assert module is not None
+    fake = FakeWorkload(None, {}, {"/trust-bundle": {"certificate": hub.ca_pem}},
+                        key=module.primary_key)
+    port = fake.server.getsockname()[1]
+    _edge_env(hub, "filter", monkeypatch)
+    monkeypatch.setenv("IOTEDGE_WORKLOADURI", f"http://127.0.0.1:{port}")
+    try:
+        client = iotdev.IoTHubModuleClient.create_from_edge_environment(sastoken_ttl=600)
+        try:
+            client.connect()
+            assert hub.is_connected(EDGE, "filter")
+        finally:
+            client.shutdown()
+    finally:
+        fake.close()
+    targets = [target for target, _ in fake.requests]
+    assert targets[0] == "/trust-bundle?api-version=2019-01-30"
+    assert targets[1] == (f"/modules/filter/genid/{module.generation_id}/sign"
+                          "?api-version=2019-01-30")
+    assert json.loads(fake.requests[1][1])["keyId"] == "primary"
+    assert len(targets) >= 3  # the token of the CONNECT was signed there too
 
 
 # ------------------------------------------------------------------ Edge
@@ -543,3 +585,38 @@ def test_edge_debug_variables_fallback(hub: Hub, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("EdgeModuleCACertificateFile", "/nonexistent/ca.pem")
     with pytest.raises(FileNotFoundError):
         iotdev.IoTHubModuleClient.create_from_edge_environment()
+
+
+def test_reconnect_and_outbox_keep_outputs_and_inputs(
+        hub: Hub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The hub drops the Edge device's modules (disabled, then enabled again):
+    both reconnect with tokens the workload API signs afresh, the sink's input
+    subscription comes back, and an output stored in the outbox while the
+    connection was down arrives."""
+    got, sink_states = Inbox(), Inbox()
+    _edge_env(hub, "sink", monkeypatch)
+    sink = iotdev.IoTHubModuleClient.create_from_edge_environment(
+        connection_retry_interval=1)
+    _edge_env(hub, "filter", monkeypatch)
+    filt = iotdev.IoTHubModuleClient.create_from_edge_environment(
+        connection_retry_interval=1, outbox_path=tmp_path / "outbox.db")
+    sink.on_connection_state_change = lambda: sink_states.add(sink.connected)
+    sink.on_message_received = got.add  # connects (auto_connect, as v2)
+    try:
+        sink.connect()
+        filt.connect()
+        filt.send_message_to_output("before", "out1")
+        filt.wait_outbox_drained(timeout=TIMEOUT)
+        assert got.wait()[0].data == b"before"
+        hub.set_enabled(EDGE, False)
+        assert sink_states.wait(2) == [True, False]
+        filt.send_message_to_output("while down", "out1")  # stored on disk
+        hub.set_enabled(EDGE, True)
+        filt.wait_outbox_drained(timeout=TIMEOUT)
+        assert filt.outbox_pending == 0
+        assert [m.data for m in got.wait(2)] == [b"before", b"while down"]
+        assert got.items[1].input_name == "in1"
+    finally:
+        hub.set_enabled(EDGE, True)
+        filt.shutdown()
+        sink.shutdown()

@@ -531,25 +531,8 @@ def _perform_sync(op: Operation, limit: float | None, session: HTTPSession,
         sock = op.conn.handle
         sock.settimeout(bound(op.timeout))
         return sock.recv(RECEIVE_SIZE)
-    if isinstance(op, Connect) and op.conn.unix_path is not None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(bound(op.conn.endpoint.connect_timeout))
-            sock.connect(op.conn.unix_path)
-        except BaseException:
-            sock.close()
-            raise
-        with session._lock:
-            op.conn.handle = sock
-            cancelled = session.cancelled
-        if cancelled is not None:
-            raise OperationCancelled(cancelled)
-        return None
     if isinstance(op, Connect):
-        endpoint = op.conn.endpoint
-        sock = socket.create_connection(endpoint.dial_address,
-                                        timeout=bound(endpoint.connect_timeout))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = _open_socket(op.conn, bound(op.conn.endpoint.connect_timeout))
         with session._lock:
             op.conn.handle = sock
             cancelled = session.cancelled
@@ -569,6 +552,22 @@ def _perform_sync(op: Operation, limit: float | None, session: HTTPSession,
             progress(op.sent, op.total)
         return None
     raise AssertionError(f"unknown operation {op!r}")  # pragma: no cover
+
+
+def _open_socket(conn: HTTPConnection, timeout: float) -> socket.socket:
+    """A blocking socket connected to ``conn``'s server (TCP, or its Unix socket)."""
+    if conn.unix_path is None:
+        sock = socket.create_connection(conn.endpoint.dial_address, timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(conn.unix_path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 async def run_async(flow: Flow[T], session: HTTPSession,
