@@ -45,6 +45,7 @@ _KNOWN_OPTIONS = {
 }
 _INT_LIKE_OPTIONS = ("keep_alive", "connection_retry_interval")
 DEFAULT_OUTBOX_MAX_BYTES = 64 * 1024 * 1024
+PRESIGNED_MAX_AGE = 30.0  # seconds a token signed ahead may wait for its CONNECT
 OUTBOX_WINDOW = 64  # outbox rows in flight at most (capped by max_queued_messages)
 
 
@@ -81,6 +82,10 @@ class HubConfig:
     model_id: str | None = None  # Plug and Play (issue 15)
     workload: Any = field(default=None, repr=False)  # a _workload.Workload: IoT Edge signs
     edge: bool = False  # made from the IoT Edge environment (invoke_method allowed, as v2)
+    presigned: tuple[str, float, float] | None = field(default=None, repr=False)
+    """A workload-signed token ready for the next CONNECT (token, expiry, when
+    signed): the asyncio face signs ahead on its loop so that the driver's
+    credentials call need not block it."""
     _contexts: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -181,6 +186,11 @@ class HubConfig:
             return generate_sas_token(self.resource_uri(), self.symmetric_key, expiry)
         if self.workload is not None:  # signed by the IoT Edge workload API (blocking, local)
             from ._workload import build_sas_token
+
+            ready, self.presigned = self.presigned, None
+            if ready is not None and time.time() - ready[2] < PRESIGNED_MAX_AGE:
+                self.token_expiry = ready[1]
+                return ready[0]
 
             token, self.token_expiry = build_sas_token(self.resource_uri(), self.workload,
                                                        self.sastoken_ttl)

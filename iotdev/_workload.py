@@ -10,7 +10,9 @@ socket of a ``unix:///...`` ``IOTEDGE_WORKLOADURI`` (or plain HTTP for an
   ``{"digest": base64(HMAC-SHA256(module key, text))}``, the signature of each
   SAS token (the module never sees its key), renewals included.
 
-Calls are blocking (``run_sync``): the runtime is a local daemon.  Every
+``sign`` blocks (``run_sync``: the runtime is a local daemon, and the sync
+face's I/O thread connects blocking anyway); ``sign_async`` lets the asyncio
+face sign on its loop ahead of a CONNECT.  Every
 failure is an ``IoTEdgeError``, which is an ``OSError`` (v2 raises one when
 the trust bundle cannot be had) and a ``ValueError`` (v2's error when a token
 cannot be signed at creation), naming the URI and what went wrong."""
@@ -25,12 +27,23 @@ from urllib.parse import quote, quote_plus, urlsplit
 
 from ._errors import ClientError, OperationCancelled, OperationTimeout
 from .transport._endpoint import Endpoint
-from .transport._http import Deadline, Flow, HTTPConnection, HTTPRequest, HTTPSession, run_sync
+from .transport._http import (
+    Deadline,
+    Flow,
+    HTTPConnection,
+    HTTPRequest,
+    HTTPResponse,
+    HTTPSession,
+    run_async,
+    run_sync,
+)
 
-__all__ = ["IoTEdgeError", "Workload", "build_sas_token"]
+__all__ = ["IoTEdgeError", "Workload", "assemble_token", "build_sas_token", "token_text"]
 
-TIMEOUT = 30.0
-"""Seconds for one call of the workload API (connect, request, answer)."""
+TIMEOUT = 10.0
+"""Seconds for one call of the workload API (connect, request, answer): a
+local daemon answers in milliseconds."""
+SIGNING = "signing a SAS token"
 
 
 class IoTEdgeError(OSError, ValueError):
@@ -80,30 +93,33 @@ class Workload:
             raise IoTEdgeError(f"IOTEDGE_WORKLOADURI {self.uri!r}: bad port") from None
         return None, parts.hostname, port
 
-    def _call(self, method: str, path: str, body: bytes, what: str) -> dict[str, object]:
+    def _exchange(self, method: str, path: str, body: bytes,
+                  what: str) -> tuple[Flow[HTTPResponse], HTTPSession]:
+        """The flow of one request (run it with ``run_sync`` / ``run_async``)."""
         unix_path, host, port = self._target()
         session = HTTPSession(read_timeout=TIMEOUT, max_body=256 * 1024)
         target = f"{path}?api-version={quote_plus(self.api_version)}"
         headers = [("User-Agent", quote(self.user_agent, safe=""))]
         if body:
             headers.append(("Content-Type", "application/json"))
-        request = HTTPRequest(method, target, host if unix_path is None else "localhost",
-                              headers, body)
+        request = HTTPRequest(method, target, host, headers, body)
 
-        def flow() -> Flow[object]:
+        def flow() -> Flow[HTTPResponse]:
             yield Deadline(TIMEOUT, f"{what} (IoT Edge workload API)")
             conn: HTTPConnection = (session.unix_connection(unix_path) if unix_path else
                                     session.connection(Endpoint(host=host, port=port)))
             return (yield from conn.request(request))
 
-        try:
-            response = run_sync(flow(), session)
-        except (ClientError, OperationTimeout, OperationCancelled) as exc:
-            raise IoTEdgeError(f"{what}: the IoT Edge workload API at {self.uri} could not "
-                               f"be reached: {exc}") from exc
-        from .transport._http import HTTPResponse
+        return flow(), session
 
-        assert isinstance(response, HTTPResponse)
+    def _failed(self, what: str, exc: BaseException) -> IoTEdgeError:
+        error = IoTEdgeError(f"{what}: the IoT Edge workload API at {self.uri} could not "
+                             f"be reached: {exc}")
+        error.__cause__ = exc
+        return error
+
+    def _answer(self, response: HTTPResponse, method: str, path: str,
+                what: str) -> dict[str, object]:
         if response.status >= 300:
             detail = response.body[:300].decode("utf-8", "replace").strip()
             raise IoTEdgeError(f"{what}: the IoT Edge workload API at {self.uri} answered "
@@ -118,6 +134,14 @@ class Workload:
                                f"{method} {path} with something that is not a JSON object")
         return document
 
+    def _call(self, method: str, path: str, body: bytes, what: str) -> dict[str, object]:
+        flow, session = self._exchange(method, path, body, what)
+        try:
+            response = run_sync(flow, session)
+        except (ClientError, OperationTimeout, OperationCancelled) as exc:
+            raise self._failed(what, exc) from exc
+        return self._answer(response, method, path, what)
+
     def trust_bundle(self) -> str:
         """The PEM certificates the module trusts for its gateway.
 
@@ -130,32 +154,63 @@ class Workload:
             raise IoTEdgeError(f"the trust bundle from {self.uri} has no certificate")
         return certificate
 
-    def sign(self, text: str) -> str:
-        """The module's HMAC-SHA256 signature of ``text`` (base64).
-
-        Raises:
-            IoTEdgeError: see the class.
-        """
+    def _sign_request(self, text: str) -> tuple[str, bytes]:
         path = (f"/modules/{quote(self.module_id, safe='')}/genid/"
                 f"{quote(self.generation_id, safe='')}/sign")
         body = json.dumps({"keyId": "primary", "algo": "HMACSHA256",
                            "data": base64.b64encode(text.encode("utf-8")).decode("ascii")})
-        document = self._call("POST", path, body.encode("utf-8"), "signing a SAS token")
+        return path, body.encode("utf-8")
+
+    def _digest(self, document: dict[str, object]) -> str:
         digest = document.get("digest")
         if not isinstance(digest, str) or not digest:
             raise IoTEdgeError(f"the workload API at {self.uri} signed without a digest")
         return digest
 
+    def sign(self, text: str) -> str:
+        """The module's HMAC-SHA256 signature of ``text`` (base64), blocking.
 
-def build_sas_token(resource_uri: str, sign: Workload, ttl: int) -> tuple[str, float]:
+        Raises:
+            IoTEdgeError: see the class.
+        """
+        path, body = self._sign_request(text)
+        return self._digest(self._call("POST", path, body, SIGNING))
+
+    async def sign_async(self, text: str) -> str:
+        """As ``sign``, on the running loop.
+
+        Raises:
+            IoTEdgeError: see the class.
+        """
+        path, body = self._sign_request(text)
+        flow, session = self._exchange("POST", path, body, SIGNING)
+        try:
+            response = await run_async(flow, session)
+        except (ClientError, OperationTimeout, OperationCancelled) as exc:
+            raise self._failed(SIGNING, exc) from exc
+        return self._digest(self._answer(response, "POST", path, SIGNING))
+
+
+def token_text(resource_uri: str, ttl: int) -> tuple[str, int]:
+    """What a SAS token for ``resource_uri`` living ``ttl`` seconds signs, and
+    its expiry."""
+    expiry = int(time.time() + ttl)
+    return f"{quote(resource_uri, safe='')}\n{expiry}", expiry
+
+
+def assemble_token(text: str, signature: str, expiry: int) -> str:
+    """The token of ``text`` (``token_text``) and its signature, byte for byte
+    as v2's ``RenewableSasToken``."""
+    encoded = text.split("\n", 1)[0]
+    return f"SharedAccessSignature sr={encoded}&sig={quote(signature, safe='')}&se={expiry}"
+
+
+def build_sas_token(resource_uri: str, workload: Workload, ttl: int) -> tuple[str, float]:
     """A SAS token for ``resource_uri`` living ``ttl`` seconds, signed by the
-    workload API, byte for byte as v2's ``RenewableSasToken``; and its expiry.
+    workload API (blocking); and its expiry.
 
     Raises:
         IoTEdgeError: the signature could not be had.
     """
-    expiry = int(time.time() + ttl)
-    encoded = quote(resource_uri, safe="")
-    signature = sign.sign(f"{encoded}\n{expiry}")
-    token = f"SharedAccessSignature sr={encoded}&sig={quote(signature, safe='')}&se={expiry}"
-    return token, float(expiry)
+    text, expiry = token_text(resource_uri, ttl)
+    return assemble_token(text, workload.sign(text), expiry), float(expiry)

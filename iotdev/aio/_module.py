@@ -7,6 +7,7 @@ has: outputs, inputs by name, and module-to-module method calls (see
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from .. import _module_face as mf
@@ -22,7 +23,51 @@ __all__ = ["IoTHubModuleClient"]
 class IoTHubModuleClient(ModuleFactories, HubClient):
     """An asyncio IoT Hub (or IoT Edge) module client (create it with a
     factory).  ``on_message_received`` gets input messages (``input_name``
-    set)."""
+    set).
+
+    Made from the Edge environment, it has each SAS token signed by the
+    workload API on its loop just before it is needed (``connect``, each
+    renewal, each reconnection after a drop), so that the driver's CONNECT
+    finds it ready; a token not ready in time is signed then, blocking the
+    loop for that one local call."""
+
+    async def connect(self, *, timeout: float | None = None) -> None:
+        """As ``iotdev.IoTHubModuleClient.connect``."""
+        self._check_alive()
+        if not self._driver.connected:
+            await self._presign()
+        await super().connect(timeout=timeout)
+
+    async def _presign(self) -> None:
+        """Sign the next CONNECT's token on this loop (Edge environment only);
+        a failure is left to the CONNECT, which signs again and reports."""
+        config = self._config
+        if config.workload is None:
+            return
+        from .._workload import IoTEdgeError, assemble_token, token_text
+
+        text, expiry = token_text(config.resource_uri(), config.sastoken_ttl)
+        try:
+            signature = await config.workload.sign_async(text)
+        except IoTEdgeError:
+            return
+        config.presigned = (assemble_token(text, signature, expiry), float(expiry), time.time())
+
+    def _renew(self) -> None:
+        if self._config.workload is None:
+            super()._renew()
+            return
+
+        async def renew() -> None:
+            await self._presign()
+            super(IoTHubModuleClient, self)._renew()
+
+        self._spawn(renew())
+
+    def _on_state(self, connected: bool, reason: str | None) -> None:
+        super()._on_state(connected, reason)
+        if not connected and self._driver.reconnecting and self._config.workload is not None:
+            self._spawn(self._presign())  # the driver's next attempt finds it ready
 
     async def send_message_to_output(self, message: Any, output_name: str, *,
                                      timeout: float | None = None) -> None:
