@@ -620,3 +620,46 @@ def test_reconnect_and_outbox_keep_outputs_and_inputs(
         hub.set_enabled(EDGE, True)
         filt.shutdown()
         sink.shutdown()
+
+
+def test_asyncio_receive_apis_update_sastoken_and_disconnect(
+        hub: Hub, loop: Callable[[Any], Any]) -> None:
+    module = hub.store.module("plain", "m1")
+    assert module is not None and module.primary_key is not None
+    uri, key = device_resource_uri(ADDRESS, "plain", "m1"), module.primary_key
+
+    def token(ttl: int) -> str:
+        return generate_sas_token(uri, key, int(time.time() + ttl))
+
+    async def scenario() -> None:
+        client = iotdev.aio.IoTHubModuleClient.create_from_sastoken(
+            token(300), server_verification_cert=hub.ca_pem)
+        try:
+            with pytest.warns(DeprecationWarning):
+                patch = asyncio.ensure_future(client.receive_twin_desired_properties_patch())
+                await asyncio.sleep(0)
+            with pytest.warns(DeprecationWarning):
+                request = asyncio.ensure_future(client.receive_method_request("reboot"))
+                await asyncio.sleep(0)
+            await client.connect()
+            await asyncio.to_thread(hub.patch_desired, "plain", {"mode": "api"},
+                                    module_id="m1")
+            assert (await asyncio.wait_for(patch, TIMEOUT))["mode"] == "api"
+            call = asyncio.ensure_future(asyncio.to_thread(
+                hub.invoke_method, "plain", "reboot", {"now": True}, timeout=TIMEOUT,
+                module_id="m1"))
+            got = await asyncio.wait_for(request, TIMEOUT)
+            await client.send_method_response(MethodResponse.create_from_method_request(
+                got, 202, "rebooting"))
+            result = await call
+            assert (result.status, result.payload) == (202, "rebooting")
+            await client.update_sastoken(token(600))  # reconnects with it
+            assert client.connected
+            await client.patch_twin_reported_properties({"after": "update"})
+            assert (await client.get_twin())["reported"]["after"] == "update"
+            await client.disconnect()
+            assert not client.connected
+        finally:
+            await client.shutdown()
+
+    loop(scenario())
