@@ -609,7 +609,7 @@ def test_reconnect_and_outbox_keep_outputs_and_inputs(
         filt.wait_outbox_drained(timeout=TIMEOUT)
         assert got.wait()[0].data == b"before"
         hub.set_enabled(EDGE, False)
-        assert sink_states.wait(2) == [True, False]
+        assert sink_states.wait(2)[:2] == [True, False]
         filt.send_message_to_output("while down", "out1")  # stored on disk
         hub.set_enabled(EDGE, True)
         filt.wait_outbox_drained(timeout=TIMEOUT)
@@ -636,7 +636,7 @@ def test_asyncio_receive_apis_update_sastoken_and_disconnect(
             token(300), server_verification_cert=hub.ca_pem)
         try:
             with pytest.warns(DeprecationWarning):
-                patch = asyncio.ensure_future(client.receive_twin_desired_properties_patch())
+                first = asyncio.ensure_future(client.receive_twin_desired_properties_patch())
                 await asyncio.sleep(0)
             with pytest.warns(DeprecationWarning):
                 request = asyncio.ensure_future(client.receive_method_request("reboot"))
@@ -644,7 +644,15 @@ def test_asyncio_receive_apis_update_sastoken_and_disconnect(
             await client.connect()
             await asyncio.to_thread(hub.patch_desired, "plain", {"mode": "api"},
                                     module_id="m1")
-            assert (await asyncio.wait_for(patch, TIMEOUT))["mode"] == "api"
+
+            async def patches() -> dict[str, Any]:
+                patch = await first
+                while "mode" not in patch:  # the desired refresh after connect came first
+                    with pytest.warns(DeprecationWarning):
+                        patch = await client.receive_twin_desired_properties_patch()
+                return patch  # type: ignore[no-any-return]
+
+            assert (await asyncio.wait_for(patches(), TIMEOUT))["mode"] == "api"
             call = asyncio.ensure_future(asyncio.to_thread(
                 hub.invoke_method, "plain", "reboot", {"now": True}, timeout=TIMEOUT,
                 module_id="m1"))
