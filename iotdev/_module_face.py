@@ -135,12 +135,12 @@ def check_invoke(config: HubConfig, method_params: Any, device_id: Any,
 
 
 def invoke_flow(config: HubConfig, session: HTTPSession, method_params: dict[str, Any],
-                device_id: str, module_id: str | None) -> Flow[Any]:
+                device_id: str, module_id: str | None, token: str | None) -> Flow[Any]:
     """``POST /twins/{device}[/modules/{module}]/methods`` on the gateway's
-    HTTPS port with ``x-ms-edge-moduleId: {our device}/{our module}`` and a SAS
-    token signed for this module (the workload API's, or the key's); returns
-    the answer (``{"status": ..., "payload": ...}``).  Sent once: a method
-    call is not retried.
+    HTTPS port with ``x-ms-edge-moduleId: {our device}/{our module}`` and
+    ``token`` (the module's SAS token, signed by the workload API or the key)
+    as ``Authorization``; returns the answer (``{"status": ..., "payload":
+    ...}``).  Sent once: a method call is not retried.
 
     Raises:
         ServiceError: the gateway answered >= 300 (``.status``; 404: no such
@@ -170,7 +170,6 @@ def invoke_flow(config: HubConfig, session: HTTPSession, method_params: dict[str
         headers = [("Content-Type", "application/json"),
                    ("x-ms-edge-moduleId", f"{config.device_id}/{config.module_id}"),
                    ("User-Agent", quote_plus(default_user_agent() + str(config.product_info)))]
-        token = config.http_authorization()
         if token is not None:
             headers.append(("Authorization", token))
         return HTTPRequest("POST", target, host, headers, body)

@@ -90,5 +90,6 @@ class IoTHubModuleClient(ModuleFactories, HubClient):
         """
         self._check_alive()
         mf.check_invoke(self._config, method_params, device_id, module_id)
+        token = self._config.http_authorization()  # the workload API signs (blocking, local)
         return self._run_http(lambda session: mf.invoke_flow(
-            self._config, session, method_params, device_id, module_id))
+            self._config, session, method_params, device_id, module_id, token))

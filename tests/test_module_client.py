@@ -19,6 +19,8 @@ import hmac
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -114,8 +116,19 @@ class Inbox:
             return list(self.items)
 
 
-def _edge_env(hub: Hub, module_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in hub.edge_environment(EDGE, module_id).items():
+def _edge_env(hub: Hub, module_id: str, monkeypatch: pytest.MonkeyPatch,
+              cli: bool = False) -> None:
+    """Set the module's ``IOTEDGE_*`` environment: the emulator's, or (``cli``)
+    what ``iotdev-hub edge-env DEVICE/MODULE --json`` prints."""
+    env = hub.edge_environment(EDGE, module_id)
+    if cli:
+        done = subprocess.run([sys.executable, "-m", "iotdev.emulator", "edge-env",
+                               f"{EDGE}/{module_id}", "--state", str(hub.state_dir),
+                               "--json"], capture_output=True, text=True, timeout=60,
+                              check=True)
+        env = json.loads(done.stdout)
+        assert env == hub.edge_environment(EDGE, module_id)
+    for name, value in env.items():
         monkeypatch.setenv(name, value)
 
 
@@ -427,7 +440,7 @@ def test_edge_modules_ours_and_azure_through_routes(
     _edge_env(hub, "sink", monkeypatch)
     sink = iotdev.aio.IoTHubModuleClient.create_from_edge_environment(
         operation_timeout=TIMEOUT)
-    _edge_env(hub, "filter", monkeypatch)
+    _edge_env(hub, "filter", monkeypatch, cli=True)
     filt = iotdev.IoTHubModuleClient.create_from_edge_environment(operation_timeout=TIMEOUT)
     _edge_env(hub, "msink", monkeypatch)
     msink = azure_device.IoTHubModuleClient.create_from_edge_environment(

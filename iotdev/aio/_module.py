@@ -41,17 +41,15 @@ class IoTHubModuleClient(ModuleFactories, HubClient):
     async def _presign(self) -> None:
         """Sign the next CONNECT's token on this loop (Edge environment only);
         a failure is left to the CONNECT, which signs again and reports."""
-        config = self._config
-        if config.workload is None:
+        if self._config.workload is None:
             return
-        from .._workload import IoTEdgeError, assemble_token, token_text
+        from .._workload import IoTEdgeError
 
-        text, expiry = token_text(config.resource_uri(), config.sastoken_ttl)
         try:
-            signature = await config.workload.sign_async(text)
+            token, expiry = await self._signed()
         except IoTEdgeError:
             return
-        config.presigned = (assemble_token(text, signature, expiry), float(expiry), time.time())
+        self._config.presigned = (token, expiry, time.time())
 
     def _renew(self) -> None:
         if self._config.workload is None:
@@ -98,5 +96,27 @@ class IoTHubModuleClient(ModuleFactories, HubClient):
         """As ``iotdev.IoTHubModuleClient.invoke_method``, on this loop."""
         self._check_alive()
         mf.check_invoke(self._config, method_params, device_id, module_id)
+        token = await self._http_token()
         return await self._run_http(lambda session: mf.invoke_flow(
-            self._config, session, method_params, device_id, module_id))
+            self._config, session, method_params, device_id, module_id, token))
+
+    async def _http_token(self) -> str | None:
+        """The ``Authorization`` of an HTTPS call: signed by the workload API on
+        this loop (Edge environment), else from the key or the user's token."""
+        if self._config.workload is None:
+            return self._config.http_authorization()
+        return (await self._signed())[0]
+
+    async def _signed(self) -> tuple[str, float]:
+        """A fresh SAS token signed by the workload API on this loop, and its
+        expiry.
+
+        Raises:
+            IoTEdgeError: the workload API failed.
+        """
+        from .._workload import assemble_token, token_text
+
+        config = self._config
+        text, expiry = token_text(config.resource_uri(), config.sastoken_ttl)
+        return assemble_token(text, await config.workload.sign_async(text), expiry), \
+            float(expiry)
