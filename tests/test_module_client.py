@@ -334,6 +334,9 @@ class FakeWorkload:
             self.server.bind(str(path))
         self.server.listen()
         self.requests: list[tuple[str, bytes]] = []
+        self.gate = threading.Event()  # a signature is answered once it is set
+        self.gate.set()
+        self.signing = threading.Event()  # a signature request arrived
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -362,6 +365,9 @@ class FakeWorkload:
                 key = "sign" if path.endswith("/sign") else path
                 status = self.statuses.get(key, 200)
                 answer = self.bodies.get(key, {"message": "no"})
+                if key == "sign":
+                    self.signing.set()
+                    self.gate.wait(TIMEOUT)
                 if key == "sign" and self.key is not None:
                     text = base64.b64decode(json.loads(data)["data"])
                     answer = {"digest": base64.b64encode(hmac.new(
@@ -429,6 +435,44 @@ def test_workload_api_over_http(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> No
                           "?api-version=2019-01-30")
     assert json.loads(fake.requests[1][1])["keyId"] == "primary"
     assert len(targets) >= 3  # the token of the CONNECT was signed there too
+
+
+def test_asyncio_client_signs_without_blocking_its_loop(
+        hub: Hub, monkeypatch: pytest.MonkeyPatch, loop: Callable[[Any], Any],
+        tmp_path: Path) -> None:
+    """The workload API answers a signature only once a task on the client's
+    loop says so: a client that signed blocking on its loop would never get
+    the answer (the task could not run) and fail after the workload timeout."""
+    module = hub.store.module(EDGE, "sink")
+    assert module is not None
+    path = tmp_path / "workload.sock"
+    fake = FakeWorkload(path, {}, {"/trust-bundle": {"certificate": hub.ca_pem}},
+                        key=module.primary_key)
+    _edge_env(hub, "sink", monkeypatch)
+    monkeypatch.setenv("IOTEDGE_WORKLOADURI", f"unix://{path}")
+    client = iotdev.aio.IoTHubModuleClient.create_from_edge_environment()
+    fake.gate.clear()
+    fake.signing.clear()
+    before = len(fake.requests)
+
+    async def release() -> None:
+        assert await asyncio.to_thread(fake.signing.wait, TIMEOUT)
+        fake.gate.set()  # runs on the client's loop: only if the loop is free
+
+    async def scenario() -> None:
+        try:
+            await asyncio.gather(client.connect(), release())
+            assert client.connected
+        finally:
+            await client.shutdown()
+
+    try:
+        loop(scenario())
+    finally:
+        fake.gate.set()
+        fake.close()
+    signs = [t for t, _ in fake.requests[before:] if "/sign" in t]
+    assert len(signs) == 1  # the CONNECT took the token signed ahead
 
 
 # ------------------------------------------------------------------ Edge
