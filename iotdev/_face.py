@@ -83,14 +83,16 @@ class ClientFace:
     @classmethod
     def create_from_connection_string(cls: type[_Face], connection_string: str,
                                       **kwargs: Any) -> _Face:
-        """From ``HostName=...;DeviceId=...;SharedAccessKey=...`` (or ``x509=true``
-        with ``x509=X509(...)``).  Keyword options as azure-iot-device v2.
+        """From ``HostName=...;DeviceId=...;SharedAccessKey=...`` (a module
+        client: with ``ModuleId=...``; or ``x509=true`` with ``x509=X509(...)``).
+        Keyword options as azure-iot-device v2.
 
         Raises:
             TypeError: an unknown option, an option of the wrong type, or one
                 v2 refuses here (``gateway_hostname``: use the string's
-                ``GatewayHostName``).  ValueError: a malformed string or a bad
-                option value.
+                ``GatewayHostName``).  ValueError: a malformed string, a bad
+                option value, or a module's string on a device client (a
+                device's on a module client).
         """
         return cls(config_from_connection_string(  # type: ignore[call-arg]
             connection_string, module=cls._MODULE, **kwargs))
@@ -101,7 +103,8 @@ class ClientFace:
         ``update_sastoken``).
 
         Raises:
-            ValueError: a malformed or expired token, or a module's (v2).
+            ValueError: a malformed or expired token, or a module's on a
+                device client (a device's on a module client), as v2.
             TypeError: as ``create_from_connection_string`` (``sastoken_ttl``
                 included).
         """
