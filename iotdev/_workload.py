@@ -75,14 +75,14 @@ class Workload:
     def __post_init__(self) -> None:
         self._target()  # refuse a bad URI at once
 
-    def _target(self) -> tuple[str | None, str, int]:
-        """``(unix path or None, host, port)``."""
+    def _target(self) -> tuple[str | None, str, int, str]:
+        """``(unix path or None, host, port, path prefix)``."""
         if self.uri.startswith("unix://"):
             path = self.uri[len("unix://"):].rstrip("/") or ""
             if not path.startswith("/"):
                 raise IoTEdgeError(f"IOTEDGE_WORKLOADURI {self.uri!r}: a unix:// URI needs "
                                    "an absolute socket path")
-            return path, "localhost", 80
+            return path, "localhost", 80, ""
         parts = urlsplit(self.uri)
         if parts.scheme != "http" or not parts.hostname:
             raise IoTEdgeError(f"IOTEDGE_WORKLOADURI {self.uri!r}: expected unix:///path or "
@@ -91,14 +91,14 @@ class Workload:
             port = parts.port or 80
         except ValueError:
             raise IoTEdgeError(f"IOTEDGE_WORKLOADURI {self.uri!r}: bad port") from None
-        return None, parts.hostname, port
+        return None, parts.hostname, port, parts.path.rstrip("/")
 
     def _exchange(self, method: str, path: str, body: bytes,
                   what: str) -> tuple[Flow[HTTPResponse], HTTPSession]:
         """The flow of one request (run it with ``run_sync`` / ``run_async``)."""
-        unix_path, host, port = self._target()
+        unix_path, host, port, prefix = self._target()
         session = HTTPSession(read_timeout=TIMEOUT, max_body=256 * 1024)
-        target = f"{path}?api-version={quote_plus(self.api_version)}"
+        target = f"{prefix}{path}?api-version={quote_plus(self.api_version)}"
         headers = [("User-Agent", quote(self.user_agent, safe=""))]
         if body:
             headers.append(("Content-Type", "application/json"))

@@ -362,7 +362,7 @@ class FakeWorkload:
                 assert request is not None
                 self.requests.append((request.target.decode(), data))
                 path = request.target.decode().split("?")[0]
-                key = "sign" if path.endswith("/sign") else path
+                key = "sign" if path.endswith("/sign") else "/" + path.split("/")[-1]
                 status = self.statuses.get(key, 200)
                 answer = self.bodies.get(key, {"message": "no"})
                 if key == "sign":
@@ -419,7 +419,7 @@ def test_workload_api_over_http(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> No
                         key=module.primary_key)
     port = fake.server.getsockname()[1]
     _edge_env(hub, "filter", monkeypatch)
-    monkeypatch.setenv("IOTEDGE_WORKLOADURI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("IOTEDGE_WORKLOADURI", f"http://127.0.0.1:{port}/edge/")
     try:
         client = iotdev.IoTHubModuleClient.create_from_edge_environment(sastoken_ttl=600)
         try:
@@ -430,8 +430,8 @@ def test_workload_api_over_http(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> No
     finally:
         fake.close()
     targets = [target for target, _ in fake.requests]
-    assert targets[0] == "/trust-bundle?api-version=2019-01-30"
-    assert targets[1] == (f"/modules/filter/genid/{module.generation_id}/sign"
+    assert targets[0] == "/edge/trust-bundle?api-version=2019-01-30"  # under the URI's path
+    assert targets[1] == (f"/edge/modules/filter/genid/{module.generation_id}/sign"
                           "?api-version=2019-01-30")
     assert json.loads(fake.requests[1][1])["keyId"] == "primary"
     assert len(targets) >= 3  # the token of the CONNECT was signed there too
@@ -627,9 +627,9 @@ def test_edge_debug_variables_fallback(hub: Hub, monkeypatch: pytest.MonkeyPatch
                        + f";GatewayHostName={ADDRESS}")
     monkeypatch.setenv("EdgeModuleCACertificateFile", str(hub.ca_path))
     start = len(hub.telemetry(EDGE))
-    client = iotdev.IoTHubModuleClient.create_from_edge_environment()
+    client = iotdev.IoTHubModuleClient.create_from_edge_environment(websockets=True)
     try:
-        client.send_message_to_output("debug", "nowhere")
+        client.send_message_to_output("debug", "nowhere")  # over wss://gateway:443
         client.send_message("up")  # no route takes a filter's plain telemetry
         assert hub.is_connected(EDGE, "filter")
         with pytest.raises(ServiceError) as offline:  # an Edge call: the gateway answers
