@@ -8,7 +8,8 @@ same handicap) listens on ``127.0.0.155:8883`` (azure-iot-device always dials
 8883) and plays the runtime of Edge device ``bench-edge`` with one route per
 contestant, ``FROM /messages/modules/{filter}/outputs/out1 INTO
 BrokeredEndpoint("/modules/{sink}/inputs/in1")``.  Each contestant is a pair of
-sync module clients of its own package made with
+module clients of its own package (sync, or asyncio on one loop thread that
+all asyncio clients share) made with
 ``create_from_connection_string`` (module strings, the emulator's CA as
 ``server_verification_cert``), connected before timing: the filter calls
 ``send_message_to_output(Message(200 bytes), "out1")`` ``work`` times, one
@@ -20,6 +21,7 @@ The sample is messages per second, end to end.
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 import threading
 import warnings
@@ -38,6 +40,7 @@ def _azure() -> Any:
                             category=DeprecationWarning)
     try:
         import azure.iot.device
+        import azure.iot.device.aio
     except ImportError as exc:
         raise Skip(f"azure-iot-device is not installed ({exc})") from exc
     return azure.iot.device
@@ -64,10 +67,12 @@ class _Counter:
 
 def _setup(session: Session) -> list[Contestant]:
     import iotdev
+    import iotdev.aio
     from iotdev.emulator import Hub
 
     azure = _azure()
-    pairs = {"iotdev": ("filter", "sink"), "azure": ("afilter", "asink")}
+    pairs = {"iotdev": ("filter", "sink"), "azure": ("afilter", "asink"),
+             "iotdev-aio": ("filter2", "sink2"), "azure-aio": ("afilter2", "asink2")}
     routes = {f"{name}Route": f'FROM /messages/modules/{filt}/outputs/out1 '
                               f'INTO BrokeredEndpoint("/modules/{sink}/inputs/in1")'
               for name, (filt, sink) in pairs.items()}
@@ -84,36 +89,74 @@ def _setup(session: Session) -> list[Contestant]:
         raise Skip(f"cannot listen on {ADDRESS}:8883 ({exc})") from exc
     session.stack.callback(hub.stop)
 
-    def contestant(name: str, package: Any) -> Any:
+    loop = asyncio.new_event_loop()  # the asyncio clients' loop, shared (same handicap)
+    runner = threading.Thread(target=loop.run_forever, name="bench module loop", daemon=True)
+    runner.start()
+
+    def stop_loop() -> None:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(WAIT)
+
+    session.stack.callback(stop_loop)
+
+    def on_loop(coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(WAIT)
+
+    def contestant(name: str, package: Any, aio: bool) -> Any:
         filt_id, sink_id = pairs[name]
-        clients = [package.IoTHubModuleClient.create_from_connection_string(
+        client_class = package.aio.IoTHubModuleClient if aio else package.IoTHubModuleClient
+        clients = [client_class.create_from_connection_string(
             hub.connection_string(EDGE, module_id=module_id),
             server_verification_cert=hub.ca_pem) for module_id in (filt_id, sink_id)]
         filt, sink = clients
-        for client in clients:
-            session.stack.callback(client.shutdown)
         counter = _Counter()
-        sink.on_message_received = counter.add
-        sink.connect()
-        filt.connect()
-        filt.send_message_to_output(package.Message(PAYLOAD), "out1")  # the route works
-        counter.wait(1)
+        if aio:
+            for client in clients:
+                session.stack.callback(lambda client=client: on_loop(client.shutdown()))
+
+            async def connect() -> None:
+                sink.on_message_received = counter.add
+                await sink.connect()
+                await filt.connect()
+
+            async def send(work: int) -> None:
+                for _ in range(work):
+                    await filt.send_message_to_output(package.Message(PAYLOAD), "out1")
+
+            on_loop(connect())
+        else:
+            for client in clients:
+                session.stack.callback(client.shutdown)
+            sink.on_message_received = counter.add
+            sink.connect()
+            filt.connect()
+
+            def send(work: int) -> None:
+                for _ in range(work):
+                    filt.send_message_to_output(package.Message(PAYLOAD), "out1")
 
         def run(work: int) -> int:
             start = counter.count
-            for _ in range(work):
-                filt.send_message_to_output(package.Message(PAYLOAD), "out1")
+            if aio:
+                on_loop(send(work))
+            else:
+                send(work)
             counter.wait(start + work)
             return work
 
+        run(1)  # the route works
         return run
 
-    return [Contestant("iotdev sync", contestant("iotdev", iotdev), ours=True),
-            Contestant("azure-iot-device sync", contestant("azure", azure))]
+    return [Contestant("iotdev sync", contestant("iotdev", iotdev, False), ours=True,
+                       versus=("azure-iot-device sync",)),
+            Contestant("azure-iot-device sync", contestant("azure", azure, False)),
+            Contestant("iotdev asyncio", contestant("iotdev-aio", iotdev, True), ours=True,
+                       versus=("azure-iot-device asyncio",)),
+            Contestant("azure-iot-device asyncio", contestant("azure-aio", azure, True))]
 
 
 register(Figure(
     name="module-outputs",
-    title="Edge module outputs routed to another module's input, end to end (sync clients)",
+    title="Edge module outputs routed to another module's input, end to end",
     unit="msg/s", setup=_setup, work=2000, quick_work=100, kind="rate", rounds=5,
     chart="throughput", description=__doc__ or ""))
