@@ -17,6 +17,7 @@ No I/O beyond reading the environment, the CA file and the workload API."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -90,6 +91,8 @@ def _from_runtime(env: Mapping[str, str], kwargs: dict[str, Any]) -> HubConfig:
                           gateway_hostname=env["IOTEDGE_GATEWAYHOSTNAME"], **kwargs)
     config.workload, config.edge = workload, True
     # As v2 (its RenewableSasToken signs at creation): a runtime that cannot
-    # sign fails here, with an error that is a ValueError as v2's is.
-    build_sas_token(config.resource_uri(), workload, config.sastoken_ttl)
+    # sign fails here, with an error that is a ValueError as v2's is.  The
+    # token serves a CONNECT that follows soon (``HubConfig.presigned``).
+    token, expiry = build_sas_token(config.resource_uri(), workload, config.sastoken_ttl)
+    config.presigned = (token, expiry, time.time())
     return config
