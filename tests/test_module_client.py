@@ -451,6 +451,12 @@ def test_asyncio_client_signs_without_blocking_its_loop(
     _edge_env(hub, "sink", monkeypatch)
     monkeypatch.setenv("IOTEDGE_WORKLOADURI", f"unix://{path}")
     client = iotdev.aio.IoTHubModuleClient.create_from_edge_environment()
+
+    async def first_connection() -> None:  # takes the token signed at creation
+        await client.connect()
+        await client.disconnect()
+
+    loop(first_connection())
     fake.gate.clear()
     fake.signing.clear()
     before = len(fake.requests)
