@@ -25,6 +25,9 @@ figure is a new module that calls ``harness.register``):
 ``bench/scale.py`` -- ``scale-100``, ``scale-1000``, ``scale-5000``
     N asyncio device clients in one process against the emulator in another:
     connect time, RSS, CPU per device, 1 msg/s each.
+``bench/module.py`` -- ``module-outputs``
+    IoT Edge module outputs routed to another module's input on the emulator:
+    our module client against azure-iot-device 2.14's, end to end.
 ``bench/_broker.py``, ``bench/_fleet.py``, ``bench/_fleet_hub.py``, ``bench/_chart.py``
     The benchmark's mosquitto, one fleet process, the emulator process, the PNG.
 

@@ -1,8 +1,9 @@
 """iotdev: an Azure IoT Hub device client built on the sans-IO ``iotdev_mqtt`` engine.
 
-``IoTHubDeviceClient`` follows azure-iot-device v2's API; ``iotdev.aio`` has the
-asyncio client; ``ProvisioningDeviceClient`` registers devices with the Device
-Provisioning Service (``iotdev.pnp``: Plug and Play conventions);
+``IoTHubDeviceClient`` and ``IoTHubModuleClient`` (IoT Edge modules included)
+follow azure-iot-device v2's API; ``iotdev.aio`` has the asyncio clients;
+``ProvisioningDeviceClient`` registers devices with the Device Provisioning
+Service (``iotdev.pnp``: Plug and Play conventions);
 ``iotdev.mqtt.MQTTClient`` is a generic MQTT client on the same I/O layer;
 ``iotdev.emulator`` is a local IoT Hub (and DPS).
 """
@@ -36,6 +37,7 @@ from ._models import Message, MethodRequest, MethodResponse
 from ._provisioning import RegistrationResult, RegistrationState
 from ._provisioning_client import ProvisioningDeviceClient
 from ._sync_client import IoTHubDeviceClient
+from ._sync_module import IoTHubModuleClient
 from .transport import X509
 
 if TYPE_CHECKING:
@@ -59,6 +61,7 @@ __all__ = [
     "CredentialError",
     "HostNotFoundError",
     "IoTHubDeviceClient",
+    "IoTHubModuleClient",
     "Message",
     "MethodRequest",
     "MethodResponse",

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ._outbox import Outbox
     from ._upload import UploadConfig
 
-__all__ = ["ClientFace", "deprecated"]
+__all__ = ["ClientFace", "DeviceFactories", "deprecated"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ HANDLER_OF = {feature: name for name, feature in RECEIVE_HANDLERS.items()}
 CLOSED = object()  # put in the inboxes at shutdown
 
 _Face = TypeVar("_Face", bound="ClientFace")
+_Device = TypeVar("_Device", bound="DeviceFactories")
 
 
 def deprecated(name: str, handler: str) -> None:
@@ -75,22 +76,26 @@ class ClientFace:
     _inbox_guard: AbstractContextManager[Any]  # the sync face's lock
     _outbox: Any
     _shutdown: bool
+    _MODULE = False  # IoTHubModuleClient: module strings and tokens only
 
     # ------------------------------------------------------------- factories
 
     @classmethod
     def create_from_connection_string(cls: type[_Face], connection_string: str,
                                       **kwargs: Any) -> _Face:
-        """From ``HostName=...;DeviceId=...;SharedAccessKey=...`` (or ``x509=true``
-        with ``x509=X509(...)``).  Keyword options as azure-iot-device v2.
+        """From ``HostName=...;DeviceId=...;SharedAccessKey=...`` (a module
+        client: with ``ModuleId=...``; or ``x509=true`` with ``x509=X509(...)``).
+        Keyword options as azure-iot-device v2.
 
         Raises:
             TypeError: an unknown option, an option of the wrong type, or one
                 v2 refuses here (``gateway_hostname``: use the string's
-                ``GatewayHostName``).  ValueError: a malformed string or a bad
-                option value.
+                ``GatewayHostName``).  ValueError: a malformed string, a bad
+                option value, or a module's string on a device client (a
+                device's on a module client).
         """
-        return cls(config_from_connection_string(connection_string, **kwargs))  # type: ignore[call-arg]
+        return cls(config_from_connection_string(  # type: ignore[call-arg]
+            connection_string, module=cls._MODULE, **kwargs))
 
     @classmethod
     def create_from_sastoken(cls: type[_Face], sastoken: str, **kwargs: Any) -> _Face:
@@ -98,36 +103,13 @@ class ClientFace:
         ``update_sastoken``).
 
         Raises:
-            ValueError: a malformed or expired token, or a module's (v2).
+            ValueError: a malformed or expired token, or a module's on a
+                device client (a device's on a module client), as v2.
             TypeError: as ``create_from_connection_string`` (``sastoken_ttl``
                 included).
         """
-        return cls(config_from_sastoken(sastoken, **kwargs))  # type: ignore[call-arg]
-
-    @classmethod
-    def create_from_symmetric_key(cls: type[_Face], symmetric_key: str, hostname: str,
-                                  device_id: str, **kwargs: Any) -> _Face:
-        """From a device key; tokens are made and renewed from it.
-
-        Raises:
-            ValueError: not a base64 key, an empty host name or device id.
-        """
-        return cls(build_config(hostname=hostname, device_id=device_id,  # type: ignore[call-arg]
-                                symmetric_key=symmetric_key, **kwargs))
-
-    @classmethod
-    def create_from_x509_certificate(cls: type[_Face], x509: X509, hostname: str,
-                                     device_id: str, **kwargs: Any) -> _Face:
-        """From a client certificate.
-
-        Raises:
-            FileNotFoundError: the certificate or key file is missing.
-            TypeError: ``x509`` is not an ``X509``; ``sastoken_ttl`` given (v2).
-        """
-        if not isinstance(x509, X509):
-            raise TypeError("x509 must be an iotdev.X509")
-        return cls(build_config(hostname=hostname, device_id=device_id,  # type: ignore[call-arg]
-                                x509=x509, **kwargs))
+        return cls(config_from_sastoken(sastoken, module=cls._MODULE,  # type: ignore[call-arg]
+                                        **kwargs))
 
     # -------------------------------------------------------------- handlers
 
@@ -247,3 +229,33 @@ class ClientFace:
         if progress is not None and not callable(progress):
             raise TypeError("progress must be callable")
         return self._config.upload_config(), open_source(data)
+
+
+class DeviceFactories:
+    """The factories only ``IoTHubDeviceClient`` has (a module's are in
+    ``_module_face.ModuleFactories``)."""
+
+    @classmethod
+    def create_from_symmetric_key(cls: type[_Device], symmetric_key: str, hostname: str,
+                                  device_id: str, **kwargs: Any) -> _Device:
+        """From a device key; tokens are made and renewed from it.
+
+        Raises:
+            ValueError: not a base64 key, an empty host name or device id.
+        """
+        return cls(build_config(hostname=hostname, device_id=device_id,  # type: ignore[call-arg]
+                                symmetric_key=symmetric_key, **kwargs))
+
+    @classmethod
+    def create_from_x509_certificate(cls: type[_Device], x509: X509, hostname: str,
+                                     device_id: str, **kwargs: Any) -> _Device:
+        """From a client certificate.
+
+        Raises:
+            FileNotFoundError: the certificate or key file is missing.
+            TypeError: ``x509`` is not an ``X509``; ``sastoken_ttl`` given (v2).
+        """
+        if not isinstance(x509, X509):
+            raise TypeError("x509 must be an iotdev.X509")
+        return cls(build_config(hostname=hostname, device_id=device_id,  # type: ignore[call-arg]
+                                x509=x509, **kwargs))

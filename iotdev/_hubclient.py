@@ -45,6 +45,7 @@ _KNOWN_OPTIONS = {
 }
 _INT_LIKE_OPTIONS = ("keep_alive", "connection_retry_interval")
 DEFAULT_OUTBOX_MAX_BYTES = 64 * 1024 * 1024
+PRESIGNED_MAX_AGE = 30.0  # seconds a token signed ahead may wait for its CONNECT
 OUTBOX_WINDOW = 64  # outbox rows in flight at most (capped by max_queued_messages)
 
 
@@ -79,6 +80,12 @@ class HubConfig:
     outbox_overflow: str = "error"
     token_expiry: float | None = field(default=None, repr=False)
     model_id: str | None = None  # Plug and Play (issue 15)
+    workload: Any = field(default=None, repr=False)  # a _workload.Workload: IoT Edge signs
+    edge: bool = False  # made from the IoT Edge environment (invoke_method allowed, as v2)
+    presigned: tuple[str, float, float] | None = field(default=None, repr=False)
+    """A workload-signed token ready for the next CONNECT (token, expiry, when
+    signed): the asyncio face signs ahead on its loop so that the driver's
+    credentials call need not block it."""
     _contexts: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -157,6 +164,10 @@ class HubConfig:
         if self.symmetric_key is not None:
             return generate_sas_token(self.resource_uri(), self.symmetric_key,
                                       int(time.time() + self.sastoken_ttl))
+        if self.workload is not None:
+            from ._workload import build_sas_token
+
+            return build_sas_token(self.resource_uri(), self.workload, self.sastoken_ttl)[0]
         return self.sastoken
 
     def username(self) -> str:
@@ -173,6 +184,17 @@ class HubConfig:
             expiry = int(time.time() + self.sastoken_ttl)
             self.token_expiry = float(expiry)
             return generate_sas_token(self.resource_uri(), self.symmetric_key, expiry)
+        if self.workload is not None:  # signed by the IoT Edge workload API (blocking, local)
+            from ._workload import build_sas_token
+
+            ready, self.presigned = self.presigned, None
+            if ready is not None and time.time() - ready[2] < PRESIGNED_MAX_AGE:
+                self.token_expiry = ready[1]
+                return ready[0]
+
+            token, self.token_expiry = build_sas_token(self.resource_uri(), self.workload,
+                                                       self.sastoken_ttl)
+            return token
         return self.sastoken
 
     def credentials(self) -> Credentials:
@@ -188,7 +210,8 @@ class HubConfig:
 
     def new_session(self) -> HubSession:
         """The sans-IO hub session of a client with this configuration."""
-        own_key = None if self.x509 is not None else self.symmetric_key is not None
+        own_key = None if self.x509 is not None else (
+            self.symmetric_key is not None or self.workload is not None)
         return HubSession(Identity(self.device_id, self.module_id),
                           ensure_desired_properties=self.ensure_desired_properties,
                           own_key=own_key)
@@ -287,12 +310,16 @@ def build_config(*, hostname: str, device_id: str, module_id: str | None = None,
     return config
 
 
-def config_from_connection_string(connection_string: str, **kwargs: Any) -> HubConfig:
+def config_from_connection_string(connection_string: str, module: bool = False,
+                                  **kwargs: Any) -> HubConfig:
     if not isinstance(connection_string, str):
         raise TypeError("connection_string must be a str")
     cs = ConnectionString.parse(connection_string)
-    if cs.module_id:
+    if cs.module_id and not module:
         raise ValueError("the connection string is a module's; use a module client")
+    if module and not cs.module_id:
+        raise ValueError("the connection string is a device's (no ModuleId=); "
+                         "IoTHubModuleClient needs a module's")
     x509 = kwargs.pop("x509", None)
     if cs.x509 and x509 is None:
         raise ValueError("the connection string says x509=true: pass x509=X509(...)")
@@ -302,6 +329,7 @@ def config_from_connection_string(connection_string: str, **kwargs: Any) -> HubC
     if cs.gateway_host_name:
         kwargs["gateway_hostname"] = cs.gateway_host_name
     return build_config(hostname=cs.host_name, device_id=cs.device_id,
+                        module_id=cs.module_id or None,
                         symmetric_key=cs.shared_access_key, x509=x509, **kwargs)
 
 

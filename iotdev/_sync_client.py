@@ -21,7 +21,7 @@ from iotdev_mqtt import MessageReceived
 
 from . import _session as hs
 from ._errors import ClientError, NoConnectionError, OperationCancelled, OperationTimeout
-from ._face import CLOSED, ClientFace, deprecated
+from ._face import CLOSED, ClientFace, DeviceFactories, deprecated
 from ._hubclient import HubConfig, check_update_sastoken
 from ._models import Message, MethodRequest, MethodResponse
 from .transport._thread import Completion, ThreadDriver
@@ -29,11 +29,12 @@ from .transport._thread import Completion, ThreadDriver
 if TYPE_CHECKING:
     from ._outbox_sender import ThreadSender
 
-__all__ = ["IoTHubDeviceClient"]
+__all__ = ["HubClient", "IoTHubDeviceClient"]
 
 
-class IoTHubDeviceClient(ClientFace):
-    """A synchronous IoT Hub device client (create it with a factory)."""
+class HubClient(ClientFace):
+    """What the synchronous device and module clients share (the v2 API less
+    the factories and the methods of one kind)."""
 
     def __init__(self, config: HubConfig) -> None:
         self._config = config
@@ -121,80 +122,6 @@ class IoTHubDeviceClient(ClientFace):
             box.put(CLOSED)
         for waiter in waiters:
             waiter.set_exception(OperationCancelled("shutdown() was called"))
-
-    # ------------------------------------------------------------ file upload
-
-    def get_storage_info_for_blob(self, blob_name: str) -> dict[str, Any]:
-        """Ask the hub where to upload a file (HTTPS; does not need or use the
-        MQTT connection).
-
-        Args:
-            blob_name: the file's name; the hub prefixes it with the device id.
-
-        Returns:
-            The hub's answer: ``correlationId``, ``hostName``, ``containerName``,
-            ``blobName``, ``sasToken``.
-
-        Raises:
-            ServiceError: the hub refused (``.status``, ``.code``; 429 after the
-                retries is ``.throttled``).  ConnectionFailedError,
-                ConnectionDroppedError: after the retries.  OperationTimeout: an
-                exchange took over ``operation_timeout``.  OperationCancelled:
-                ``shutdown()`` was called meanwhile.
-        """
-        self._check_alive()
-        from ._upload import check_blob_name, storage_info
-
-        check_blob_name(blob_name)
-        config = self._config.upload_config()
-        info: dict[str, Any] = self._run_http(
-            lambda session: storage_info(config, session, blob_name))
-        return info
-
-    def notify_blob_upload_status(self, correlation_id: str, is_success: bool,
-                                  status_code: int, status_description: str) -> None:
-        """Tell the hub how an upload ended (always do, or the hub holds the slot
-        until the SAS token expires).  Raises as ``get_storage_info_for_blob``."""
-        self._check_alive()
-        from ._upload import check_notification, notify
-
-        check_notification(correlation_id, is_success, status_code, status_description)
-        config = self._config.upload_config()
-        self._run_http(lambda session: notify(config, session, correlation_id, is_success,
-                                              status_code, status_description))
-
-    def upload_blob(self, blob_name: str, data: Any, *, content_type: str | None = None,
-                    progress: Callable[[int, int | None], Any] | None = None) -> Any:
-        """Upload a file to the hub's storage and notify the hub (beyond v2).
-
-        Args:
-            blob_name: the file's name in storage (under the device id).
-            data: ``bytes``, a path (``str`` or ``os.PathLike``), or a binary file
-                object; large files are streamed in blocks (constant memory).
-            content_type: the blob's content type (``application/octet-stream``).
-            progress: ``progress(bytes_sent, total_or_None)``, called in this
-                thread as the data goes out (a retried block is counted again).
-
-        Returns:
-            A ``BlobUploadResult`` (blob name, URL without the SAS, size, blocks,
-            correlation id, storage status).
-
-        Raises:
-            TypeError, ValueError: bad arguments or an unreadable path.
-            ServiceError, ConnectionFailedError, ConnectionDroppedError,
-            OperationTimeout, OperationCancelled: as ``get_storage_info_for_blob``;
-            when the upload itself failed the hub was notified with
-            ``is_success=False`` first.
-        """
-        from ._upload import upload
-
-        config, source = self._upload_args(blob_name, data, content_type, progress)
-        try:
-            return self._run_http(
-                lambda session: upload(config, session, blob_name, source, content_type),
-                progress)
-        finally:
-            source.close()
 
     def _run_http(self, make: Callable[[Any], Any],
                   progress: Callable[[int, int | None], Any] | None = None) -> Any:
@@ -310,14 +237,6 @@ class IoTHubDeviceClient(ClientFace):
         box = self._inbox(f"method:{method_name}" if method_name else "method:*")
         request: MethodRequest | None = self._take(box, block, timeout)
         return request
-
-    def receive_message(self, block: bool = True,
-                        timeout: float | None = None) -> Message | None:
-        """Deprecated (v2 2.3.0): wait for a cloud-to-device message."""
-        deprecated("receive_message", "on_message_received")
-        self._want(lambda s: s.use_receive_api(hs.MESSAGES))
-        message: Message | None = self._take(self._inbox(hs.MESSAGES), block, timeout)
-        return message
 
     def receive_twin_desired_properties_patch(self, block: bool = True,
                                               timeout: float | None = None) -> Any:
@@ -522,3 +441,89 @@ class IoTHubDeviceClient(ClientFace):
     def _on_state(self, connected: bool, reason: str | None) -> None:
         self._event_connected = connected
         self._call("on_connection_state_change")
+
+
+class IoTHubDeviceClient(DeviceFactories, HubClient):
+    """A synchronous IoT Hub device client (create it with a factory)."""
+
+    # ------------------------------------------------------------ file upload
+
+    def get_storage_info_for_blob(self, blob_name: str) -> dict[str, Any]:
+        """Ask the hub where to upload a file (HTTPS; does not need or use the
+        MQTT connection).
+
+        Args:
+            blob_name: the file's name; the hub prefixes it with the device id.
+
+        Returns:
+            The hub's answer: ``correlationId``, ``hostName``, ``containerName``,
+            ``blobName``, ``sasToken``.
+
+        Raises:
+            ServiceError: the hub refused (``.status``, ``.code``; 429 after the
+                retries is ``.throttled``).  ConnectionFailedError,
+                ConnectionDroppedError: after the retries.  OperationTimeout: an
+                exchange took over ``operation_timeout``.  OperationCancelled:
+                ``shutdown()`` was called meanwhile.
+        """
+        self._check_alive()
+        from ._upload import check_blob_name, storage_info
+
+        check_blob_name(blob_name)
+        config = self._config.upload_config()
+        info: dict[str, Any] = self._run_http(
+            lambda session: storage_info(config, session, blob_name))
+        return info
+
+    def notify_blob_upload_status(self, correlation_id: str, is_success: bool,
+                                  status_code: int, status_description: str) -> None:
+        """Tell the hub how an upload ended (always do, or the hub holds the slot
+        until the SAS token expires).  Raises as ``get_storage_info_for_blob``."""
+        self._check_alive()
+        from ._upload import check_notification, notify
+
+        check_notification(correlation_id, is_success, status_code, status_description)
+        config = self._config.upload_config()
+        self._run_http(lambda session: notify(config, session, correlation_id, is_success,
+                                              status_code, status_description))
+
+    def upload_blob(self, blob_name: str, data: Any, *, content_type: str | None = None,
+                    progress: Callable[[int, int | None], Any] | None = None) -> Any:
+        """Upload a file to the hub's storage and notify the hub (beyond v2).
+
+        Args:
+            blob_name: the file's name in storage (under the device id).
+            data: ``bytes``, a path (``str`` or ``os.PathLike``), or a binary file
+                object; large files are streamed in blocks (constant memory).
+            content_type: the blob's content type (``application/octet-stream``).
+            progress: ``progress(bytes_sent, total_or_None)``, called in this
+                thread as the data goes out (a retried block is counted again).
+
+        Returns:
+            A ``BlobUploadResult`` (blob name, URL without the SAS, size, blocks,
+            correlation id, storage status).
+
+        Raises:
+            TypeError, ValueError: bad arguments or an unreadable path.
+            ServiceError, ConnectionFailedError, ConnectionDroppedError,
+            OperationTimeout, OperationCancelled: as ``get_storage_info_for_blob``;
+            when the upload itself failed the hub was notified with
+            ``is_success=False`` first.
+        """
+        from ._upload import upload
+
+        config, source = self._upload_args(blob_name, data, content_type, progress)
+        try:
+            return self._run_http(
+                lambda session: upload(config, session, blob_name, source, content_type),
+                progress)
+        finally:
+            source.close()
+
+    def receive_message(self, block: bool = True,
+                        timeout: float | None = None) -> Message | None:
+        """Deprecated (v2 2.3.0): wait for a cloud-to-device message."""
+        deprecated("receive_message", "on_message_received")
+        self._want(lambda s: s.use_receive_api(hs.MESSAGES))
+        message: Message | None = self._take(self._inbox(hs.MESSAGES), block, timeout)
+        return message

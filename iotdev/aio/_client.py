@@ -19,7 +19,7 @@ from iotdev_mqtt import MessageReceived
 from .. import _session as hs
 from .._compat import async_timeout
 from .._errors import NoConnectionError, OperationCancelled, OperationTimeout
-from .._face import CLOSED, ClientFace, deprecated
+from .._face import CLOSED, ClientFace, DeviceFactories, deprecated
 from .._hubclient import HubConfig, check_update_sastoken
 from .._models import Message, MethodRequest, MethodResponse
 from ..transport._asyncio import AsyncDriver
@@ -27,7 +27,7 @@ from ..transport._asyncio import AsyncDriver
 if TYPE_CHECKING:
     from .._outbox_sender import AsyncSender
 
-__all__ = ["IoTHubDeviceClient"]
+__all__ = ["HubClient", "IoTHubDeviceClient"]
 
 # Back-pressure: while this many coroutine handlers are still running, the
 # client stops reading from the hub (and resumes at a quarter of it), so a
@@ -36,8 +36,9 @@ __all__ = ["IoTHubDeviceClient"]
 MAX_HANDLER_TASKS = 256
 
 
-class IoTHubDeviceClient(ClientFace):
-    """An asyncio IoT Hub device client (create it with a factory)."""
+class HubClient(ClientFace):
+    """What the asyncio device and module clients share (the v2 API less the
+    factories and the methods of one kind)."""
 
     def __init__(self, config: HubConfig) -> None:
         self._config = config
@@ -114,46 +115,6 @@ class IoTHubDeviceClient(ClientFace):
         for task in list(self._tasks):
             task.cancel()
 
-    # ------------------------------------------------------------ file upload
-
-    async def get_storage_info_for_blob(self, blob_name: str) -> dict[str, Any]:
-        """As ``iotdev.IoTHubDeviceClient.get_storage_info_for_blob``, on this loop."""
-        self._check_alive()
-        from .._upload import check_blob_name, storage_info
-
-        check_blob_name(blob_name)
-        config = self._config.upload_config()
-        result: dict[str, Any] = await self._run_http(
-            lambda session: storage_info(config, session, blob_name))
-        return result
-
-    async def notify_blob_upload_status(self, correlation_id: str, is_success: bool,
-                                        status_code: int, status_description: str) -> None:
-        """As ``iotdev.IoTHubDeviceClient.notify_blob_upload_status``."""
-        self._check_alive()
-        from .._upload import check_notification, notify
-
-        check_notification(correlation_id, is_success, status_code, status_description)
-        config = self._config.upload_config()
-        await self._run_http(lambda session: notify(config, session, correlation_id,
-                                                    is_success, status_code,
-                                                    status_description))
-
-    async def upload_blob(self, blob_name: str, data: Any, *, content_type: str | None = None,
-                          progress: Callable[[int, int | None], Any] | None = None) -> Any:
-        """As ``iotdev.IoTHubDeviceClient.upload_blob``; ``progress`` may be a
-        coroutine function.  Blocks are read from the file on the loop (a few
-        milliseconds per 4 MiB block)."""
-        from .._upload import upload
-
-        config, source = self._upload_args(blob_name, data, content_type, progress)
-        try:
-            return await self._run_http(
-                lambda session: upload(config, session, blob_name, source, content_type),
-                progress)
-        finally:
-            source.close()
-
     async def _run_http(self, make: Callable[[Any], Any],
                         progress: Callable[[int, int | None], Any] | None = None) -> Any:
         from ..transport._http import HTTPSession, run_async
@@ -217,13 +178,6 @@ class IoTHubDeviceClient(ClientFace):
         self._check_alive()
         await self._send(hs.HubSession.method_response(method_response), timeout,
                          "send_method_response")
-
-    async def receive_message(self) -> Message:
-        """Deprecated (v2 2.3.0): the next cloud-to-device message."""
-        deprecated("receive_message", "on_message_received")
-        await self._want(lambda s: s.use_receive_api(hs.MESSAGES))
-        message: Message = await self._take(self._inbox(hs.MESSAGES))
-        return message
 
     async def receive_method_request(self, method_name: str | None = None) -> MethodRequest:
         """Deprecated (v2 2.3.0): the next method request (of ``method_name``,
@@ -418,6 +372,57 @@ class IoTHubDeviceClient(ClientFace):
             self._handler_tasks -= 1
             if self._handler_tasks == MAX_HANDLER_TASKS // 4:
                 self._driver.pause_reading(False)
+
+
+class IoTHubDeviceClient(DeviceFactories, HubClient):
+    """An asyncio IoT Hub device client (create it with a factory)."""
+
+    # ------------------------------------------------------------ file upload
+
+    async def get_storage_info_for_blob(self, blob_name: str) -> dict[str, Any]:
+        """As ``iotdev.IoTHubDeviceClient.get_storage_info_for_blob``, on this loop."""
+        self._check_alive()
+        from .._upload import check_blob_name, storage_info
+
+        check_blob_name(blob_name)
+        config = self._config.upload_config()
+        result: dict[str, Any] = await self._run_http(
+            lambda session: storage_info(config, session, blob_name))
+        return result
+
+    async def notify_blob_upload_status(self, correlation_id: str, is_success: bool,
+                                        status_code: int, status_description: str) -> None:
+        """As ``iotdev.IoTHubDeviceClient.notify_blob_upload_status``."""
+        self._check_alive()
+        from .._upload import check_notification, notify
+
+        check_notification(correlation_id, is_success, status_code, status_description)
+        config = self._config.upload_config()
+        await self._run_http(lambda session: notify(config, session, correlation_id,
+                                                    is_success, status_code,
+                                                    status_description))
+
+    async def upload_blob(self, blob_name: str, data: Any, *, content_type: str | None = None,
+                          progress: Callable[[int, int | None], Any] | None = None) -> Any:
+        """As ``iotdev.IoTHubDeviceClient.upload_blob``; ``progress`` may be a
+        coroutine function.  Blocks are read from the file on the loop (a few
+        milliseconds per 4 MiB block)."""
+        from .._upload import upload
+
+        config, source = self._upload_args(blob_name, data, content_type, progress)
+        try:
+            return await self._run_http(
+                lambda session: upload(config, session, blob_name, source, content_type),
+                progress)
+        finally:
+            source.close()
+
+    async def receive_message(self) -> Message:
+        """Deprecated (v2 2.3.0): the next cloud-to-device message."""
+        deprecated("receive_message", "on_message_received")
+        await self._want(lambda s: s.use_receive_api(hs.MESSAGES))
+        message: Message = await self._take(self._inbox(hs.MESSAGES))
+        return message
 
 
 def _loop_running() -> bool:

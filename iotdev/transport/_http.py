@@ -51,6 +51,7 @@ from .._compat import async_timeout
 from .._errors import (
     ClientError,
     ConnectionDroppedError,
+    ConnectionRefusedByHostError,
     OperationCancelled,
     OperationTimeout,
 )
@@ -192,8 +193,9 @@ class HTTPConnection:
     keeps the socket in ``handle``)."""
 
     def __init__(self, endpoint: Endpoint, *, read_timeout: float = 30.0,
-                 max_body: int = DEFAULT_MAX_BODY) -> None:
+                 max_body: int = DEFAULT_MAX_BODY, unix_path: str | None = None) -> None:
         self.endpoint = endpoint
+        self.unix_path = unix_path  # plain HTTP over this Unix socket instead (IoT Edge)
         self.read_timeout = read_timeout
         self.max_body = max_body
         self.handle: Any = None
@@ -203,6 +205,8 @@ class HTTPConnection:
 
     @property
     def where(self) -> str:
+        if self.unix_path is not None:
+            return f"unix://{self.unix_path}"
         return f"{self.endpoint.host}:{self.endpoint.port}"
 
     def _open(self) -> Flow[None]:
@@ -404,6 +408,17 @@ class HTTPSession:
                 endpoint, read_timeout=self.read_timeout, max_body=self.max_body)
         return conn
 
+    def unix_connection(self, path: str) -> HTTPConnection:
+        """A plain HTTP connection over the Unix socket at ``path`` (the IoT Edge
+        workload API); requests carry ``Host: localhost``."""
+        key = (f"unix://{path}", 0, None)
+        conn = self.connections.get(key)
+        if conn is None:
+            conn = self.connections[key] = HTTPConnection(
+                Endpoint(host="localhost", port=80, connect_timeout=self.read_timeout),
+                read_timeout=self.read_timeout, max_body=self.max_body, unix_path=path)
+        return conn
+
     def cancel(self, reason: str) -> None:
         with self._lock:
             self.cancelled = reason
@@ -439,6 +454,9 @@ def _translate(op: Operation, exc: BaseException, session: HTTPSession,
         return OperationCancelled(session.cancelled)
     if isinstance(exc, ClientError | OperationTimeout | OperationCancelled):
         return exc
+    if isinstance(op, Connect) and op.conn.unix_path is not None and isinstance(exc, OSError):
+        return ConnectionRefusedByHostError(
+            f"cannot connect to {op.conn.where}: {exc.strerror or exc}")
     if isinstance(op, Connect):
         return map_connect_error(exc, op.conn.endpoint)
     if isinstance(op, Send | Receive):
@@ -565,10 +583,7 @@ def _perform_sync(op: Operation, limit: float | None, session: HTTPSession,
         sock.settimeout(_bounded(op.timeout, limit))
         return sock.recv(RECEIVE_SIZE)
     if isinstance(op, Connect):
-        endpoint = op.conn.endpoint
-        sock = socket.create_connection(endpoint.dial_address,
-                                        timeout=_bounded(endpoint.connect_timeout, limit))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = _open_socket(op.conn, _bounded(op.conn.endpoint.connect_timeout, limit))
         with session._lock:
             op.conn.handle = sock
             cancelled = session.cancelled
@@ -588,6 +603,22 @@ def _perform_sync(op: Operation, limit: float | None, session: HTTPSession,
             progress(op.sent, op.total)
         return None
     raise AssertionError(f"unknown operation {op!r}")  # pragma: no cover
+
+
+def _open_socket(conn: HTTPConnection, timeout: float) -> socket.socket:
+    """A blocking socket connected to ``conn``'s server (TCP, or its Unix socket)."""
+    if conn.unix_path is None:
+        sock = socket.create_connection(conn.endpoint.dial_address, timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(conn.unix_path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 async def run_async(flow: Flow[T], session: HTTPSession,
@@ -621,6 +652,11 @@ async def _perform_async(op: Operation, limit: float | None, session: HTTPSessio
         reader: asyncio.StreamReader = op.conn.handle[0]
         async with async_timeout(_bounded(op.timeout, limit)):
             return await reader.read(RECEIVE_SIZE)
+    if isinstance(op, Connect) and op.conn.unix_path is not None:
+        async with async_timeout(_bounded(op.conn.endpoint.connect_timeout, limit)):
+            op.conn.handle = await asyncio.open_unix_connection(op.conn.unix_path,
+                                                                limit=RECEIVE_SIZE)
+        return None
     if isinstance(op, Connect):
         host, port = op.conn.endpoint.dial_address
         async with async_timeout(_bounded(op.conn.endpoint.connect_timeout, limit)):
