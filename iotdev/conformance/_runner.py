@@ -1,0 +1,205 @@
+"""Select checks, run each one under its deadline, and tally coverage.
+
+A check never takes the run down: its waits are bounded by its deadline, a
+``Violation`` becomes ``failed``, a ``Skip`` becomes ``skipped``, and anything
+else it raises (a broker that cannot be reached, a bug in the check) becomes
+``skipped`` with ``error`` set, so one bad answer costs one check.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from .._errors import ClientError
+from . import _checks_connect, _checks_malformed, _checks_publish, _checks_subscribe
+from ._context import Context, Profile, Target
+from ._model import CHECKS, Check, CheckResult, Observed, Skip, Violation
+from ._statements import SECTIONS, STATEMENTS, section_of
+
+__all__ = ["Coverage", "Report", "run_checks", "select_checks"]
+
+_LOADED = (_checks_connect, _checks_malformed, _checks_publish, _checks_subscribe)
+log = logging.getLogger(__name__)
+
+
+def select_checks(patterns: Iterable[str] = (), statements: Iterable[str] = ()) -> list[Check]:
+    """Checks whose id matches one of ``patterns`` (glob, or a prefix such as
+    ``"connect"``) and that name one of ``statements`` (``"MQTT-3.1.0-1"`` or
+    ``"3.1.0-1"``); empty means no filter.
+
+    Raises:
+        ValueError: a pattern or statement that selects nothing.
+    """
+    chosen = list(CHECKS)
+    pats = list(patterns)
+    if pats:
+        def matches(c: Check, p: str) -> bool:
+            return fnmatch.fnmatchcase(c.id, p) or c.id == p or c.id.startswith(p + ".")
+
+        for p in pats:
+            if not any(matches(c, p) for c in chosen):
+                raise ValueError(f"--select {p!r} matches no check")
+        chosen = [c for c in chosen if any(matches(c, p) for p in pats)]
+    wanted = {s if s.startswith("MQTT-") else f"MQTT-{s}" for s in statements}
+    if wanted:
+        unknown = wanted - {s for c in CHECKS for s in c.statements}
+        if unknown:
+            raise ValueError(f"no check exercises {', '.join(sorted(unknown))}")
+        chosen = [c for c in chosen if wanted & set(c.statements)]
+    return chosen
+
+
+@dataclass
+class Coverage:
+    """One statement's standing after a run.
+
+    ``status``: ``passed``, ``failed`` (a check found it broken), ``optional``
+    (only allowed choices recorded), ``skipped`` (its checks were skipped),
+    ``untestable`` (cannot be tested from the wire: ``reason``) or
+    ``not-run`` (no selected check names it).
+    """
+
+    statement: str
+    section: str
+    summary: str
+    status: str
+    checks: list[str] = field(default_factory=list)
+    reason: str = ""
+
+
+@dataclass
+class Report:
+    """Everything one run found.  ``failed``/``passed``... are result lists."""
+
+    target: str
+    profile: str
+    results: list[CheckResult]
+    duration: float
+
+    def by_outcome(self, outcome: str) -> list[CheckResult]:
+        return [r for r in self.results if r.outcome == outcome]
+
+    @property
+    def failed(self) -> list[CheckResult]:
+        return self.by_outcome("failed")
+
+    def outcomes(self) -> dict[str, str]:
+        """``{check id: outcome}``: the shape the broker tests pin."""
+        return {r.check_id: r.outcome for r in self.results}
+
+    def choices(self) -> dict[str, str]:
+        """``{check id: choice}`` for every optional behaviour observed."""
+        return {r.check_id: r.choice for r in self.results if r.outcome == "optional"}
+
+    def coverage(self) -> list[Coverage]:
+        rows = []
+        for statement, (summary, reason) in STATEMENTS.items():
+            related = [r for r in self.results if statement in r.statements]
+            ran = [r for r in related if r.outcome != "skipped"]
+            if any(r.outcome == "failed" and r.statement == statement for r in related):
+                status = "failed"
+            elif reason:
+                status = "untestable"
+            elif any(r.outcome in ("passed", "failed") for r in ran):
+                status = "passed"
+            elif ran:
+                status = "optional"
+            elif related:
+                status = "skipped"
+            else:
+                status = "not-run"
+            rows.append(Coverage(statement, section_of(statement), summary, status,
+                                 [r.check_id for r in related], reason))
+        return rows
+
+    def coverage_by_section(self) -> dict[str, dict[str, int]]:
+        """``{section: {"total", "exercised", "passed", "failed", "untestable"}}``."""
+        out: dict[str, dict[str, int]] = {
+            key: {"total": 0, "exercised": 0, "passed": 0, "failed": 0, "untestable": 0}
+            for key in SECTIONS}
+        for row in self.coverage():
+            counts = out[row.section]
+            counts["total"] += 1
+            if row.status in ("passed", "failed", "optional"):
+                counts["exercised"] += 1
+            if row.status in ("passed", "optional"):
+                counts["passed"] += 1
+            if row.status in ("failed", "untestable"):
+                counts[row.status] += 1
+        return out
+
+
+def _run_one(check: Check, target: Target, profile: Profile, token: str) -> CheckResult:
+    result = CheckResult(check.id, check.title, check.statements, "passed")
+    for need in sorted(check.needs):
+        if need in profile.unsupported:
+            result.outcome = "skipped"
+            result.message = profile.unsupported[need]
+            result.by_design = profile.name
+            return result
+    ctx = Context(target, profile, check, token)
+    try:
+        observed = check.run(ctx)
+        if isinstance(observed, Observed):
+            result.outcome = "optional"
+            result.choice = observed.choice
+            result.message = observed.detail or observed.choice
+    except Violation as exc:
+        result.outcome = "failed"
+        result.statement = exc.statement
+        result.message = exc.message
+    except Skip as exc:
+        result.outcome = "skipped"
+        result.message = exc.reason
+        result.by_design = exc.by_design
+    except ClientError as exc:
+        result.outcome = "skipped"
+        result.message = f"error: cannot reach the broker: {exc}"
+    except Exception as exc:  # a bug in the check must not end the run
+        log.exception("check %s raised", check.id)
+        result.outcome = "skipped"
+        result.message = f"error in the check: {type(exc).__name__}: {exc}"
+    finally:
+        ctx.close_all()
+        result.duration = time.monotonic() - ctx.start
+        result.exchanges = ctx.exchanges
+    return result
+
+
+def run_checks(
+    target: Target,
+    *,
+    profile: Profile | None = None,
+    checks: list[Check] | None = None,
+    on_start: Callable[[int, int, Check], None] | None = None,
+    on_result: Callable[[int, int, CheckResult], None] | None = None,
+) -> Report:
+    """Run ``checks`` (default: all) against ``target``, one after another.
+
+    Args:
+        target: where the broker is.
+        profile: its deliberate restrictions (default: plain MQTT 3.1.1).
+        checks: from ``select_checks()``.
+        on_start, on_result: progress callbacks ``(index, total, check|result)``.
+
+    Returns:
+        The ``Report``.
+    """
+    profile = profile or Profile()
+    todo = list(CHECKS if checks is None else checks)
+    token = os.urandom(4).hex()
+    started = time.monotonic()
+    results = []
+    for i, check in enumerate(todo, 1):
+        if on_start is not None:
+            on_start(i, len(todo), check)
+        result = _run_one(check, target, profile, token)
+        results.append(result)
+        if on_result is not None:
+            on_result(i, len(todo), result)
+    return Report(target.describe(), profile.name, results, time.monotonic() - started)
