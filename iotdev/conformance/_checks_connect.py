@@ -170,7 +170,7 @@ def _ping(ctx: Context) -> Observed | None:
 
 @check("keepalive.timeout", "1.5 x keep-alive of silence closes the connection and "
        "publishes the Will", "MQTT-3.1.2-24", "MQTT-3.1.2-8", needs=("will", "any-topic"),
-       timeout=20.0)
+       timeout=20.0, serial=True)
 def _keepalive(ctx: Context) -> Observed | None:
     topic = ctx.topic("will")
     watcher, _ = ctx.connect("w")
@@ -262,7 +262,7 @@ def _websocket(ctx: Context) -> Observed | None:
 
 
 @check("robust.slow-connect", "CONNECT written one byte at a time is accepted",
-       "MQTT-4.8.0-1")
+       "MQTT-4.8.0-1", serial=True)
 def _slow_connect(ctx: Context) -> Observed | None:
     probe = ctx.open("c1")
     raw = encode(ctx.connect_packet("c1"))
@@ -297,7 +297,7 @@ def _huge_connect(ctx: Context) -> Observed | None:
 
 
 @check("robust.oversize-payload", "a 2 MB QoS 1 PUBLISH: acknowledged or refused by close",
-       "MQTT-4.8.0-1", needs=("any-topic",), timeout=30.0)
+       "MQTT-4.8.0-1", needs=("any-topic",), timeout=30.0, serial=True)
 def _oversize(ctx: Context) -> Observed | None:
     probe, _ = ctx.connect("c1")
     probe.send(Publish(ctx.topic(), b"x" * (2 << 20), qos=1, packet_id=1))

@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="run checks naming this statement (e.g. MQTT-3.1.0-1); repeatable")
     p.add_argument("--timeout", type=float, default=3.0,
                    help="seconds to wait for an answer the broker owes (default 3)")
+    p.add_argument("-j", "--jobs", type=int, default=4,
+                   help="checks run at once (default 4; 1 for one at a time)")
     p.add_argument("--json", metavar="FILE", help="write the JSON report")
     p.add_argument("--junit", metavar="FILE", help="write JUnit XML")
     p.add_argument("--profile-out", metavar="FILE",
@@ -115,7 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.quiet:
             print(format_result_line(i, total, result), file=sys.stderr, flush=True)
 
-    report = run_checks(target, checks=checks, on_result=progress)
+    try:
+        report = run_checks(target, checks=checks, jobs=args.jobs, on_result=progress)
+    except ValueError as exc:
+        print(f"iotdev-mqtt-check: {exc}", file=sys.stderr)
+        return 2
     unreachable = [r for r in report.results if r.message.startswith("error: cannot reach")]
     print(report_table(report))
     if args.json:

@@ -269,8 +269,11 @@ class Probe:
         self.await_packet(PingResp, statement, "PINGRESP")
 
     def disconnect(self) -> None:
-        """DISCONNECT, then close our side."""
+        """DISCONNECT, then close our side once the broker has (or after
+        ``quiet_timeout``), so the broker has ended the session's connection
+        before the next one for the same client id arrives."""
         self.send(Disconnect())
+        self.wait_closed(self.ctx.target.quiet_timeout)
         self.conn.close()
 
     def drop(self) -> None:

@@ -76,6 +76,7 @@ class Check:
             ``"dollar-topics"``); a profile may declare some unsupported.
         timeout: seconds the whole check may take.
         run: the function.
+        serial: timing-sensitive; runs alone, after the parallel ones.
     """
 
     id: str
@@ -84,20 +85,22 @@ class Check:
     needs: frozenset[str]
     timeout: float
     run: Callable[[Context], Observed | None]
+    serial: bool = False
 
 
 CHECKS: list[Check] = []
 
 
 def check(
-    id: str, title: str, *statements: str, needs: tuple[str, ...] = (), timeout: float = 15.0
+    id: str, title: str, *statements: str, needs: tuple[str, ...] = (), timeout: float = 15.0,
+    serial: bool = False,
 ) -> Callable[[Callable[[Context], Observed | None]], Callable[[Context], Observed | None]]:
     """Register the decorated function as a check (ids must be unique)."""
 
     def register(run: Callable[[Context], Observed | None]) -> Callable[[Context], Observed | None]:
         if any(c.id == id for c in CHECKS):
             raise ValueError(f"duplicate check id {id!r}")
-        CHECKS.append(Check(id, title, tuple(statements), frozenset(needs), timeout, run))
+        CHECKS.append(Check(id, title, tuple(statements), frozenset(needs), timeout, run, serial))
         return run
 
     return register

@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 from .._errors import ClientError
@@ -176,30 +177,55 @@ def run_checks(
     *,
     profile: Profile | None = None,
     checks: list[Check] | None = None,
+    jobs: int = 1,
     on_start: Callable[[int, int, Check], None] | None = None,
     on_result: Callable[[int, int, CheckResult], None] | None = None,
 ) -> Report:
-    """Run ``checks`` (default: all) against ``target``, one after another.
+    """Run ``checks`` (default: all) against ``target``.
 
     Args:
         target: where the broker is.
         profile: its deliberate restrictions (default: plain MQTT 3.1.1).
         checks: from ``select_checks()``.
-        on_start, on_result: progress callbacks ``(index, total, check|result)``.
+        jobs: checks run at once (each on its own connections, client ids and
+            topics); timing-sensitive checks (``Check.serial``) and those that
+            leave retained messages run alone after.
+        on_start, on_result: progress callbacks ``(index, total, check|result)``,
+            called on the calling thread; ``index`` counts results as they come.
 
     Returns:
-        The ``Report``.
+        The ``Report``, results in the order of ``checks``.
+
+    Raises:
+        ValueError: ``jobs`` below 1.
     """
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
     profile = profile or Profile()
     todo = list(CHECKS if checks is None else checks)
     token = os.urandom(4).hex()
     started = time.monotonic()
-    results = []
-    for i, check in enumerate(todo, 1):
-        if on_start is not None:
-            on_start(i, len(todo), check)
-        result = _run_one(check, target, profile, token)
-        results.append(result)
+    results: dict[str, CheckResult] = {}
+    total = len(todo)
+
+    def done(result: CheckResult) -> None:
+        results[result.check_id] = result
         if on_result is not None:
-            on_result(i, len(todo), result)
-    return Report(target.describe(), profile.name, results, time.monotonic() - started)
+            on_result(len(results), total, result)
+
+    # Retained messages are broker-wide state: checks that create them run alone,
+    # so a broker that mis-delivers them is caught by the check that made them.
+    parallel = [c for c in todo if not (c.serial or "retain" in c.needs)] if jobs > 1 else []
+    if parallel:
+        with ThreadPoolExecutor(jobs, thread_name_prefix="mqtt-check") as pool:
+            futures = [pool.submit(_run_one, c, target, profile, token) for c in parallel]
+            for future in as_completed(futures):
+                done(future.result())
+    for check in todo:
+        if check.id in results:
+            continue
+        if on_start is not None:
+            on_start(len(results) + 1, total, check)
+        done(_run_one(check, target, profile, token))
+    ordered = [results[c.id] for c in todo]
+    return Report(target.describe(), profile.name, ordered, time.monotonic() - started)
