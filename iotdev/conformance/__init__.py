@@ -56,6 +56,7 @@ __all__ = [
 ]
 
 _BY_DESIGN = {
+    "any-client-id": "IoT Hub: the client id must be a registered device id",
     "qos2": "IoT Hub supports QoS 0 and 1 only",
     "retain": "IoT Hub does not store retained messages",
     "any-topic": "IoT Hub devices may only use their own devices/{id}/... and $iothub/ topics",

@@ -49,7 +49,7 @@ def _protocol_level(ctx: Context) -> Observed | None:
 
 
 @check("connect.empty-client-id-clean", "zero-length client id with clean session 1",
-       "MQTT-3.1.3-6", "MQTT-3.1.3-9")
+       "MQTT-3.1.3-6", "MQTT-3.1.3-9", needs=("any-client-id",))
 def _empty_id_clean(ctx: Context) -> Observed | None:
     probe = ctx.open("c1")
     probe.send(ctx.connect_packet("c1", client_id="", clean_session=True))
@@ -92,10 +92,8 @@ def _refused_then_nothing(ctx: Context) -> Observed | None:
 
 
 @check("connect.client-id-23", "a 23-character [0-9a-zA-Z] client id is accepted",
-       "MQTT-3.1.3-5", "MQTT-3.1.3-4")
+       "MQTT-3.1.3-5", "MQTT-3.1.3-4", needs=("any-client-id",))
 def _client_id_23(ctx: Context) -> Observed | None:
-    if ctx.profile.client_ids:
-        raise Skip("the profile fixes the client ids", by_design=ctx.profile.name)
     cid = ("Z" + ctx.new_token() + "0123456789abcdefghijklmn")[:23]
     probe = ctx.open("c1")
     probe.send(ctx.connect_packet("c1", client_id=cid))
@@ -168,6 +166,11 @@ def _ping(ctx: Context) -> Observed | None:
     return None
 
 
+KEEPALIVE_SLACK = 1.0
+"""Seconds past 1.5 x keep-alive a close may come and still pass (scheduling,
+whole-second broker clocks).  A later close fails, with the time it took."""
+
+
 @check("keepalive.timeout", "1.5 x keep-alive of silence closes the connection and "
        "publishes the Will", "MQTT-3.1.2-24", "MQTT-3.1.2-8", needs=("will", "any-topic"),
        timeout=20.0, serial=True)
@@ -175,16 +178,18 @@ def _keepalive(ctx: Context) -> Observed | None:
     topic = ctx.topic("will")
     watcher, _ = ctx.connect("w")
     _subscribe(watcher, topic, 1)
-    silent, _ = ctx.connect("c1", keep_alive=2, will=Will(topic, b"gone", 1))
+    silent, _ = ctx.connect("c1", keep_alive=1, will=Will(topic, b"gone", 1))
     start = time.monotonic()
-    if not silent.wait_closed(3.0 + ctx.target.answer_timeout):
-        raise Violation("MQTT-3.1.2-24", "still open after 1.5 x keep-alive (2 s) + slack")
+    if not silent.wait_closed(1.5 + KEEPALIVE_SLACK):
+        late = silent.wait_closed(10.0)  # measure how late, for the report
+        took = time.monotonic() - start
+        raise Violation("MQTT-3.1.2-24", (f"closed only after {took:.1f} s" if late else
+                                          f"still open after {took:.1f} s")
+                        + " of silence with keep-alive 1 s (limit 1.5 s)")
     took = time.monotonic() - start
-    if took < 1.9:
-        raise Violation("MQTT-3.1.2-24", f"closed after {took:.2f} s, before keep-alive (2 s)")
     wills = watcher.publishes(1)
     if not wills or wills[0].payload != b"gone":
-        raise Violation("MQTT-3.1.2-8", "no Will after the keep-alive close")
+        raise Violation("MQTT-3.1.2-8", f"no Will after the keep-alive close ({took:.1f} s)")
     return None
 
 

@@ -198,3 +198,40 @@ def _unsubscribe_exact(ctx: Context) -> Observed | None:
     if not probe.publishes(1):
         raise Violation("MQTT-3.10.4-1", "'/x' removed the '/+' subscription")
     return None
+
+
+def _own(ctx: Context, template: str | None, client_id: str) -> str:
+    if template is None:
+        raise Skip("the profile names no per-client topic (only restricted brokers do)")
+    return template.format(client_id=client_id)
+
+
+@check("profile.publish-own-topic", "QoS 0 and QoS 1 publishes to the client's own topic: "
+       "nothing, then PUBACK with the same id", "MQTT-4.3.2-1", "MQTT-2.3.1-6",
+       "MQTT-3.3.4-1", "MQTT-4.3.1-1")
+def _publish_own(ctx: Context) -> Observed | None:
+    probe, _ = ctx.connect("c1")
+    topic = _own(ctx, ctx.profile.publish_topic, probe.client_id)
+    probe.publish_qos(topic, b"{}", 0)
+    probe.publish_qos(topic, b"{}", 1, packet_id=0x2A2A)
+    probe.ping()
+    return None
+
+
+@check("profile.subscribe-own-filter", "subscribing to the client's own filter at QoS 1 and "
+       "QoS 2: one code each, QoS 2 possibly granted lower", "MQTT-3.8.4-1", "MQTT-3.8.4-5",
+       "MQTT-3.8.4-6", "MQTT-3.9.3-2")
+def _subscribe_own(ctx: Context) -> Observed | None:
+    probe, _ = ctx.connect("c1")
+    topic_filter = _own(ctx, ctx.profile.subscribe_filter, probe.client_id)
+    granted = _subscribe(probe, topic_filter, 1, packet_id=1)
+    if granted > 1:
+        raise Violation("MQTT-3.8.4-6", f"granted QoS {granted} for a QoS 1 request")
+    probe.send(Subscribe(2, ((topic_filter, 2),)))
+    ack = probe.await_packet(SubAck, "MQTT-3.8.4-1", "SUBACK 2")
+    if len(ack.return_codes) != 1:
+        raise Violation("MQTT-3.8.4-5", f"{len(ack.return_codes)} codes for one filter")
+    if ack.return_codes[0] != 2:
+        return Observed(f"qos2-granted-{ack.return_codes[0]:#04x}",
+                        "QoS 2 subscription granted lower (allowed by 3.8.4-6)")
+    return None

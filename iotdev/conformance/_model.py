@@ -72,8 +72,8 @@ class Check:
         title: one line for the report.
         statements: the normative statements it exercises.
         needs: features it uses (``"qos2"``, ``"retain"``, ``"will"``,
-            ``"wildcards"``, ``"any-topic"``, ``"two-clients"``, ``"sessions"``,
-            ``"dollar-topics"``); a profile may declare some unsupported.
+            ``"wildcards"``, ``"any-topic"``, ``"any-client-id"``, ``"sessions"``,
+            ``"dollar-topics"``, ``"own-topic"``); a profile may declare some unsupported.
         timeout: seconds the whole check may take.
         run: the function.
         serial: timing-sensitive; runs alone, after the parallel ones.

@@ -137,7 +137,7 @@ class Report:
 
 def _run_one(check: Check, target: Target, profile: Profile, token: str) -> CheckResult:
     result = CheckResult(check.id, check.title, check.statements, "passed")
-    for need in sorted(check.needs):
+    for need in sorted(check.needs, key=lambda n: (n == "any-topic", n)):
         if need in profile.unsupported:
             result.outcome = "skipped"
             result.message = profile.unsupported[need]
