@@ -107,7 +107,9 @@ _ROWS: list[tuple[str, str, tuple[str, ...], str, Build]] = [
     ("will-topic-not-utf8", "Will topic with an encoded surrogate",
      ("MQTT-3.1.3-10", "MQTT-1.5.3-1"), "before",
      lambda c: connect_bytes(c, flags=0x06, rest=_will(b"\xed\xa0\x80"))),
-    ("will-topic-wildcard", "Will topic 'w/#' (M42)", ("MQTT-3.3.2-2", "MQTT-4.7.1-1"),
+    # The Will Topic is a topic name: wildcards are barred by 4.7.1-1 (the reference's
+    # M42 cites 3.3.2-2, which the spec words for PUBLISH's Topic Name field).
+    ("will-topic-wildcard", "Will topic 'w/#' (M42)", ("MQTT-4.7.1-1", "MQTT-3.3.2-2"),
      "before", lambda c: connect_bytes(c, flags=0x06, rest=_will(b"w/#"))),
     ("connect-trailing-bytes", "CONNECT with bytes after the last field",
      ("MQTT-3.1.4-1",), "before", lambda c: connect_bytes(c, rest=b"\x00")),

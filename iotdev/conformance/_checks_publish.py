@@ -217,34 +217,69 @@ def _clean_discard(ctx: Context) -> Observed | None:
     return None
 
 
-@check("session.redelivery-qos1", "an unacknowledged QoS 1 message is resent on resume with "
-       "DUP 1 and the same id", "MQTT-4.4.0-1", "MQTT-3.3.1-1", "MQTT-2.3.1-3",
-       needs=("any-topic", "sessions"))
+@check("session.redelivery-qos1", "unacknowledged QoS 1 messages are resent on resume, in "
+       "order, with DUP 1 and the same ids", "MQTT-4.4.0-1", "MQTT-3.3.1-1", "MQTT-2.3.1-3",
+       "MQTT-4.6.0-1", needs=("any-topic", "sessions"))
 def _redeliver_qos1(ctx: Context) -> Observed | None:
     topic = ctx.topic()
     sub, _ = ctx.connect("sub", clean_session=False)
     _subscribe(sub, topic, 1)
     pub, _ = ctx.connect("pub")
-    pub.publish_qos(topic, b"again", 1)
-    first = sub.publishes(1, ack=False, settle=False)
-    if not first:
-        raise Violation("MQTT-3.3.2-3", "not delivered")
+    pub.publish_qos(topic, b"first", 1, packet_id=1)
+    pub.publish_qos(topic, b"second", 1, packet_id=2)
+    first = sub.publishes(2, ack=False, settle=False)
+    if len(first) != 2:
+        raise Violation("MQTT-3.3.2-3", f"{len(first)} of 2 messages delivered")
     sub.drop()
     sub, ack = ctx.connect("sub", clean_session=False)
     if not ack.session_present:
         raise Violation("MQTT-3.2.2-2", "session present 0 on return")
     try:
-        again = sub.publishes(1, ack=True, settle=False)
+        again = sub.publishes(2, ack=True, settle=False)
     finally:
         sub.disconnect()
         ctx.connect("sub", clean_session=True)[0].disconnect()
-    if not again:
-        raise Violation("MQTT-4.4.0-1", "the unacknowledged QoS 1 message was not resent")
-    if again[0].packet_id != first[0].packet_id:
-        raise Violation("MQTT-2.3.1-3", f"resent with id {again[0].packet_id}, first "
-                        f"{first[0].packet_id}")
-    if not again[0].dup:
+    if len(again) != 2:
+        raise Violation("MQTT-4.4.0-1", f"{len(again)} of 2 unacknowledged messages resent")
+    if [p.payload for p in again] != [b"first", b"second"]:
+        raise Violation("MQTT-4.6.0-1", f"resent as {[p.payload for p in again]}")
+    if [p.packet_id for p in again] != [p.packet_id for p in first]:
+        raise Violation("MQTT-2.3.1-3", f"resent with ids {[p.packet_id for p in again]}, "
+                        f"first {[p.packet_id for p in first]}")
+    if not all(p.dup for p in again):
         raise Violation("MQTT-3.3.1-1", "resent with DUP 0")
+    return None
+
+
+@check("publish.order-qos2", "QoS 2 both ways: PUBRECs in the order of the PUBLISHes, "
+       "PUBRELs in the order of our PUBRECs", "MQTT-4.6.0-3", "MQTT-4.6.0-4",
+       needs=("any-topic", "qos2"))
+def _order_qos2(ctx: Context) -> Observed | None:
+    topic = ctx.topic()
+    sub, _ = ctx.connect("sub")
+    _subscribe(sub, topic, 2)
+    pub, _ = ctx.connect("pub")
+    ids = [5, 3, 9]
+    for i, pid in enumerate(ids):
+        pub.send(Publish(topic, b"m%d" % i, qos=2, packet_id=pid))
+    recs = [pub.await_packet(PubRec, "MQTT-4.3.3-2", "PUBREC").packet_id for _ in ids]
+    if recs != ids:
+        raise Violation("MQTT-4.6.0-3", f"PUBRECs for {recs}, PUBLISHes {ids}")
+    for pid in ids:
+        pub.send(PubRel(pid))
+    for _ in ids:
+        pub.await_packet(PubComp, "MQTT-4.3.3-2", "PUBCOMP")
+    got = sub.publishes(3, ack=False, settle=False)
+    if len(got) != 3 or any(p.packet_id is None for p in got):
+        raise Violation("MQTT-3.3.5-1", f"{len(got)} of 3 delivered at QoS 2")
+    ours = [p.packet_id for p in reversed(got) if p.packet_id is not None]
+    for pid in ours:
+        sub.send(PubRec(pid))
+    rels = [sub.await_packet(PubRel, "MQTT-4.3.3-1", "PUBREL").packet_id for _ in ours]
+    for pid in rels:
+        sub.send(PubComp(pid))
+    if rels != ours:
+        raise Violation("MQTT-4.6.0-4", f"PUBRELs for {rels}, our PUBRECs {ours}")
     return None
 
 

@@ -101,7 +101,7 @@ def _overlapping(ctx: Context) -> Observed | None:
 
 @check("subscribe.wildcard-matching", "'#' matches its parent level, '+' one level (even "
        "empty), matching is case-sensitive", "MQTT-4.7.1-2", "MQTT-4.7.1-3", "MQTT-4.7.3-4",
-       "MQTT-3.3.2-3", needs=("any-topic", "wildcards"))
+       "MQTT-3.3.2-3", "MQTT-3.8.3-2", needs=("any-topic", "wildcards"))
 def _matching(ctx: Context) -> Observed | None:
     base = ctx.topic()
     sub, _ = ctx.connect("c1")
