@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ._context import Profile, Target
+from ._fakebroker import SCENARIOS, FakeBroker, Peer, Scenario, ScenarioResult
 from ._model import CHECKS, Check, CheckResult, Exchange, Outcome
 from ._report import (
     compare_profiles,
@@ -35,14 +36,19 @@ from ._statements import STATEMENTS
 
 __all__ = [
     "CHECKS",
+    "SCENARIOS",
     "STATEMENTS",
     "Check",
     "CheckResult",
     "Coverage",
     "Exchange",
+    "FakeBroker",
     "Outcome",
+    "Peer",
     "Profile",
     "Report",
+    "Scenario",
+    "ScenarioResult",
     "Target",
     "compare_profiles",
     "coverage_table",

@@ -16,7 +16,7 @@ import time
 from .._errors import ConnectionFailedError, ConnectTimeoutError
 from ._layer import Layer, Stack
 
-__all__ = ["RawConnection"]
+__all__ = ["RawConnection", "RawListener"]
 
 
 class RawConnection:
@@ -189,3 +189,36 @@ class RawConnection:
         except OSError:
             pass
         self.closed = True
+
+
+class RawListener:
+    """A listening TCP socket handing out ``RawConnection``s (plain TCP), for a
+    fake broker that serves scripted scenarios to a client under test.
+
+    Attributes:
+        host, port: where it listens (``port=0`` picks a free one).
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, port))
+        self._sock.listen(16)
+        self.host, self.port = self._sock.getsockname()[:2]
+
+    def accept(self, deadline: float) -> RawConnection | None:
+        """The next connection, or ``None`` if none came before ``deadline``
+        (or the listener was closed)."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        self._sock.settimeout(remaining)
+        try:
+            sock, _ = self._sock.accept()
+        except (TimeoutError, OSError):
+            return None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return RawConnection(sock, Stack([]))
+
+    def close(self) -> None:
+        self._sock.close()
