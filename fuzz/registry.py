@@ -80,6 +80,7 @@ TARGET_MODULES: tuple[str, ...] = (
     "fuzz.hub_targets",
     "fuzz.auth_targets",
     "fuzz.http_targets",
+    "fuzz.conformance_targets",
 )
 
 

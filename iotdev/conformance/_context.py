@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from iotdev_mqtt import (
     ConnAck,
@@ -39,7 +39,7 @@ from iotdev_mqtt import (
 from ..transport._probe import RawConnection
 from ._model import Check, Exchange, Skip, Violation
 
-__all__ = ["Context", "Probe", "Profile", "Target"]
+__all__ = ["ByteStream", "Connector", "Context", "Probe", "Profile", "Target"]
 
 P = TypeVar("P")
 
@@ -117,10 +117,34 @@ class Profile:
     subscribe_filter: str | None = None
 
 
+class ByteStream(Protocol):
+    """What a probe needs from a connection (``RawConnection`` is one)."""
+
+    closed: bool
+
+    def send(self, data: bytes) -> None: ...
+
+    def receive(self, deadline: float) -> bytes | None: ...
+
+    def close(self) -> None: ...
+
+
+Connector = Callable[["Target", float], ByteStream]
+"""``(target, timeout) -> ByteStream``: how checks open connections.  The
+default dials the target; the fuzz target plugs in scripted answers."""
+
+
+def dial(target: Target, timeout: float) -> ByteStream:
+    """The default ``Connector``: TCP, then TLS and WebSocket as configured."""
+    return RawConnection.open(target.host, target.port, tls_context=target.tls_context(),
+                              server_hostname=target.server_hostname,
+                              ws_path=target.ws_path, timeout=timeout)
+
+
 class Probe:
     """One connection to the broker, recorded.  Made by ``Context.open()``."""
 
-    def __init__(self, ctx: Context, label: str, conn: RawConnection) -> None:
+    def __init__(self, ctx: Context, label: str, conn: ByteStream) -> None:
         self.ctx = ctx
         self.label = label
         self.conn = conn
@@ -284,8 +308,10 @@ class Probe:
 class Context:
     """What a check runs with: the target, the profile, fresh names, probes."""
 
-    def __init__(self, target: Target, profile: Profile, check: Check, run_token: str) -> None:
+    def __init__(self, target: Target, profile: Profile, check: Check, run_token: str,
+                 connector: Connector = dial) -> None:
         self.target = target
+        self._connector = connector
         self.profile = profile
         self.check = check
         self.start = time.monotonic()
@@ -294,7 +320,6 @@ class Context:
         self.probes: list[Probe] = []
         self._token = run_token
         self._ids: dict[str, str] = {}
-        self._tls = target.tls_context()
 
     def _record(self, label: str, direction: str, data: bytes) -> None:
         self.exchanges.append(Exchange(label, direction, data, time.monotonic() - self.start))
@@ -327,9 +352,7 @@ class Context:
     def open(self, label: str) -> Probe:
         """A connection, transport handshakes done, nothing sent yet."""
         remaining = max(0.1, min(self.target.connect_timeout, self.deadline - time.monotonic()))
-        conn = RawConnection.open(self.target.host, self.target.port, tls_context=self._tls,
-                                  server_hostname=self.target.server_hostname,
-                                  ws_path=self.target.ws_path, timeout=remaining)
+        conn = self._connector(self.target, remaining)
         probe = Probe(self, label, conn)
         self.probes.append(probe)
         return probe

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 
 from .._errors import ClientError
 from . import _checks_connect, _checks_malformed, _checks_publish, _checks_subscribe
-from ._context import Context, Profile, Target
+from ._context import Connector, Context, Profile, Target, dial
 from ._model import CHECKS, Check, CheckResult, Observed, Skip, Violation
 from ._statements import SECTIONS, STATEMENTS, section_of
 
-__all__ = ["Coverage", "Report", "run_checks", "select_checks"]
+__all__ = ["Coverage", "Report", "run_check", "run_checks", "select_checks"]
 
 _LOADED = (_checks_connect, _checks_malformed, _checks_publish, _checks_subscribe)
 log = logging.getLogger(__name__)
@@ -135,7 +135,16 @@ class Report:
         return out
 
 
-def _run_one(check: Check, target: Target, profile: Profile, token: str) -> CheckResult:
+def run_check(check: Check, target: Target, profile: Profile, token: str,
+              connector: Connector = dial) -> CheckResult:
+    """Run one check; whatever the broker answers, return its result.
+
+    Args:
+        check: the check.
+        target, profile: as for ``run_checks``.
+        token: makes client ids and topics unique to this run.
+        connector: how connections are opened (default: dial the target).
+    """
     result = CheckResult(check.id, check.title, check.statements, "passed")
     for need in sorted(check.needs, key=lambda n: (n == "any-topic", n)):
         if need in profile.unsupported:
@@ -143,7 +152,7 @@ def _run_one(check: Check, target: Target, profile: Profile, token: str) -> Chec
             result.message = profile.unsupported[need]
             result.by_design = profile.name
             return result
-    ctx = Context(target, profile, check, token)
+    ctx = Context(target, profile, check, token, connector)
     try:
         observed = check.run(ctx)
         if isinstance(observed, Observed):
@@ -178,6 +187,7 @@ def run_checks(
     profile: Profile | None = None,
     checks: list[Check] | None = None,
     jobs: int = 1,
+    connector: Connector = dial,
     on_start: Callable[[int, int, Check], None] | None = None,
     on_result: Callable[[int, int, CheckResult], None] | None = None,
 ) -> Report:
@@ -190,6 +200,7 @@ def run_checks(
         jobs: checks run at once (each on its own connections, client ids and
             topics); timing-sensitive checks (``Check.serial``) and those that
             leave retained messages run alone after.
+        connector: how connections are opened (default: dial the target).
         on_start, on_result: progress callbacks ``(index, total, check|result)``,
             called on the calling thread; ``index`` counts results as they come.
 
@@ -218,7 +229,8 @@ def run_checks(
     parallel = [c for c in todo if not (c.serial or "retain" in c.needs)] if jobs > 1 else []
     if parallel:
         with ThreadPoolExecutor(jobs, thread_name_prefix="mqtt-check") as pool:
-            futures = [pool.submit(_run_one, c, target, profile, token) for c in parallel]
+            futures = [pool.submit(run_check, c, target, profile, token, connector)
+                       for c in parallel]
             for future in as_completed(futures):
                 done(future.result())
     for check in todo:
@@ -226,6 +238,6 @@ def run_checks(
             continue
         if on_start is not None:
             on_start(len(results) + 1, total, check)
-        done(_run_one(check, target, profile, token))
+        done(run_check(check, target, profile, token, connector))
     ordered = [results[c.id] for c in todo]
     return Report(target.describe(), profile.name, ordered, time.monotonic() - started)
