@@ -196,3 +196,15 @@ def test_checker_survives_hostile_servers(behaviour: Callable[[socket.socket], N
             assert r.outcome in ("passed", "failed", "optional", "skipped")
             assert not r.message.startswith("error in the check"), r
         assert report.outcomes()["connect.accepted"] == "failed"
+
+
+def test_readme_example_runs(mosquitto: Mosquitto, capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Conformance checker", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert 'Target("localhost", 1883' in code
+    code = code.replace('Target("localhost", 1883',
+                        f'Target("{mosquitto.host}", {mosquitto.tcp_port}')
+    exec(compile(code, "README.md (Conformance checker)", "exec"), {})
+    out = capsys.readouterr().out
+    assert "MQTT 3.1.1 conformance of" in out and "failed: 0" in out
