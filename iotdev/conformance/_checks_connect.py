@@ -14,7 +14,7 @@ from ._raw import connect_bytes, frame, hexbytes
 __all__: list[str] = []
 
 
-def _subscribe(probe: Probe, topic_filter: str, qos: int = 1, packet_id: int = 1) -> int:
+def subscribe_one(probe: Probe, topic_filter: str, qos: int = 1, packet_id: int = 1) -> int:
     probe.send(Subscribe(packet_id, ((topic_filter, qos),)))
     ack = probe.await_packet(SubAck, "MQTT-3.8.4-1", f"SUBACK {packet_id}")
     if ack.packet_id != packet_id:
@@ -177,7 +177,7 @@ whole-second broker clocks).  A later close fails, with the time it took."""
 def _keepalive(ctx: Context) -> Observed | None:
     topic = ctx.topic("will")
     watcher, _ = ctx.connect("w")
-    _subscribe(watcher, topic, 1)
+    subscribe_one(watcher, topic, 1)
     silent, _ = ctx.connect("c1", keep_alive=1, will=Will(topic, b"gone", 1))
     start = time.monotonic()
     if not silent.wait_closed(1.5 + KEEPALIVE_SLACK):
@@ -198,7 +198,7 @@ def _keepalive(ctx: Context) -> Observed | None:
 def _will_abnormal(ctx: Context) -> Observed | None:
     topic = ctx.topic("will")
     watcher, _ = ctx.connect("w")
-    _subscribe(watcher, topic, 1)
+    subscribe_one(watcher, topic, 1)
     probe, _ = ctx.connect("c1", will=Will(topic, b"bye", 1, False))
     probe.ping()
     probe.drop()
@@ -217,7 +217,7 @@ def _will_abnormal(ctx: Context) -> Observed | None:
 def _will_disconnect(ctx: Context) -> Observed | None:
     topic = ctx.topic("will")
     watcher, _ = ctx.connect("w")
-    _subscribe(watcher, topic, 1)
+    subscribe_one(watcher, topic, 1)
     probe, _ = ctx.connect("c1", will=Will(topic, b"bye", 1))
     probe.disconnect()
     got = watcher.publishes(1, ctx.target.quiet_timeout * 2)
@@ -237,7 +237,7 @@ def _will_retained(ctx: Context) -> Observed | None:
     try:
         deadline = time.monotonic() + ctx.target.answer_timeout
         while True:
-            _subscribe(late, topic, 0)
+            subscribe_one(late, topic, 0)
             got = late.publishes(1, ctx.target.quiet_timeout)
             if got or time.monotonic() > deadline:
                 break

@@ -6,7 +6,7 @@ import time
 
 from iotdev_mqtt import PubAck, PubComp, Publish, PubRec, PubRel
 
-from ._checks_connect import _subscribe
+from ._checks_connect import subscribe_one
 from ._context import Context, Probe
 from ._model import Observed, Violation, check
 
@@ -46,7 +46,7 @@ def _roundtrip(qos: int) -> None:
             ctx.need("qos2")
         topic = ctx.topic()
         sub, _ = ctx.connect("sub")
-        granted = _subscribe(sub, topic, 2)
+        granted = subscribe_one(sub, topic, 2)
         pub, _ = ctx.connect("pub")
         pub.publish_qos(topic, b"qos%d" % qos, qos, packet_id=0x1234 if qos else 1)
         if qos == 2:  # receive side of QoS 2 by hand: PUBREC, PUBREL, PUBCOMP
@@ -79,7 +79,7 @@ for _qos in (0, 1, 2):
 def _qos2_duplicate(ctx: Context) -> Observed | None:
     topic = ctx.topic()
     sub, _ = ctx.connect("sub")
-    _subscribe(sub, topic, 2)
+    subscribe_one(sub, topic, 2)
     pub, _ = ctx.connect("pub")
     pub.send(Publish(topic, b"once", qos=2, packet_id=7))
     pub.expect(PubRec, "MQTT-4.3.3-2", what="PUBREC 7")
@@ -102,7 +102,7 @@ def _qos2_duplicate(ctx: Context) -> Observed | None:
 def _dup_not_propagated(ctx: Context) -> Observed | None:
     topic = ctx.topic()
     sub, _ = ctx.connect("sub")
-    _subscribe(sub, topic, 1)
+    subscribe_one(sub, topic, 1)
     pub, _ = ctx.connect("pub")
     pub.send(Publish(topic, b"d", qos=1, packet_id=3, dup=True))
     pub.expect(PubAck, "MQTT-4.3.2-1", what="PUBACK 3")
@@ -133,8 +133,8 @@ def _pubrel_unknown(ctx: Context) -> Observed | None:
 def _downgrade(ctx: Context) -> Observed | None:
     low, high = ctx.topic("low"), ctx.topic("high")
     sub, _ = ctx.connect("sub")
-    _subscribe(sub, low, 0, packet_id=1)
-    granted = _subscribe(sub, high, 2, packet_id=2)
+    subscribe_one(sub, low, 0, packet_id=1)
+    granted = subscribe_one(sub, high, 2, packet_id=2)
     pub, _ = ctx.connect("pub")
     pub.publish_qos(low, b"down", 2, packet_id=1)
     pub.publish_qos(high, b"up", 1, packet_id=2)
@@ -155,7 +155,7 @@ def _downgrade(ctx: Context) -> Observed | None:
 def _order(ctx: Context) -> Observed | None:
     topic = ctx.topic()
     sub, _ = ctx.connect("sub")
-    _subscribe(sub, topic, 1)
+    subscribe_one(sub, topic, 1)
     pub, _ = ctx.connect("pub")
     ids = [5, 3, 9, 1, 7]
     for i, pid in enumerate(ids):
@@ -172,7 +172,7 @@ def _order(ctx: Context) -> Observed | None:
 
 def _persistent_subscriber(ctx: Context, topic: str, qos: int) -> None:
     sub, _ = ctx.connect("sub", clean_session=False)
-    _subscribe(sub, topic, qos)
+    subscribe_one(sub, topic, qos)
     sub.disconnect()
 
 
@@ -223,7 +223,7 @@ def _clean_discard(ctx: Context) -> Observed | None:
 def _redeliver_qos1(ctx: Context) -> Observed | None:
     topic = ctx.topic()
     sub, _ = ctx.connect("sub", clean_session=False)
-    _subscribe(sub, topic, 1)
+    subscribe_one(sub, topic, 1)
     pub, _ = ctx.connect("pub")
     pub.publish_qos(topic, b"first", 1, packet_id=1)
     pub.publish_qos(topic, b"second", 1, packet_id=2)
@@ -257,7 +257,7 @@ def _redeliver_qos1(ctx: Context) -> Observed | None:
 def _order_qos2(ctx: Context) -> Observed | None:
     topic = ctx.topic()
     sub, _ = ctx.connect("sub")
-    _subscribe(sub, topic, 2)
+    subscribe_one(sub, topic, 2)
     pub, _ = ctx.connect("pub")
     ids = [5, 3, 9]
     for i, pid in enumerate(ids):
@@ -288,7 +288,7 @@ def _order_qos2(ctx: Context) -> Observed | None:
 def _redeliver_pubrel(ctx: Context) -> Observed | None:
     topic = ctx.topic()
     sub, _ = ctx.connect("sub", clean_session=False)
-    _subscribe(sub, topic, 2)
+    subscribe_one(sub, topic, 2)
     pub, _ = ctx.connect("pub")
     pub.publish_qos(topic, b"q2", 2)
     first = sub.publishes(1, ack=False, settle=False)
@@ -316,7 +316,7 @@ def _redeliver_pubrel(ctx: Context) -> Observed | None:
 
 
 def _retained(probe: Probe, topic: str, qos: int = 0) -> list[Publish]:
-    _subscribe(probe, topic, qos, packet_id=11)
+    subscribe_one(probe, topic, qos, packet_id=11)
     return probe.publishes(1)
 
 
@@ -348,7 +348,7 @@ def _clear(ctx: Context, topic: str) -> None:
 def _retain_store(ctx: Context) -> Observed | None:
     topic = ctx.topic()
     live, _ = ctx.connect("live")
-    _subscribe(live, topic, 1)
+    subscribe_one(live, topic, 1)
     pub, _ = ctx.connect("pub")
     try:
         pub.publish_qos(topic, b"kept", 1, retain=True)

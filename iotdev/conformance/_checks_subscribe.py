@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from iotdev_mqtt import Publish, SubAck, Subscribe, UnsubAck, Unsubscribe
 
-from ._checks_connect import _subscribe
+from ._checks_connect import subscribe_one
 from ._context import Context, Probe
 from ._model import Observed, Skip, Violation, check
 
@@ -47,8 +47,8 @@ def _suback(ctx: Context) -> Observed | None:
 def _replace(ctx: Context) -> Observed | None:
     topic = ctx.topic()
     probe, _ = ctx.connect("c1")
-    _subscribe(probe, topic, 1, packet_id=1)
-    _subscribe(probe, topic, 0, packet_id=2)
+    subscribe_one(probe, topic, 1, packet_id=1)
+    subscribe_one(probe, topic, 0, packet_id=2)
     pub, _ = ctx.connect("pub")
     pub.publish_qos(topic, b"x", 1)
     got = probe.publishes(1)
@@ -67,9 +67,9 @@ def _replace_retained(ctx: Context) -> Observed | None:
     probe, _ = ctx.connect("c1")
     try:
         probe.publish_qos(topic, b"kept", 1, retain=True)
-        _subscribe(probe, topic, 0, packet_id=2)
+        subscribe_one(probe, topic, 0, packet_id=2)
         first = probe.publishes(1)
-        _subscribe(probe, topic, 0, packet_id=3)
+        subscribe_one(probe, topic, 0, packet_id=3)
         second = probe.publishes(1)
         if not first or not second:
             raise Violation("MQTT-3.8.4-3", f"retained deliveries: {len(first)} then "
@@ -85,8 +85,8 @@ def _replace_retained(ctx: Context) -> Observed | None:
 def _overlapping(ctx: Context) -> Observed | None:
     base = ctx.topic()
     probe, _ = ctx.connect("c1")
-    _subscribe(probe, base + "/#", 0, packet_id=1)
-    _subscribe(probe, base + "/+", 1, packet_id=2)
+    subscribe_one(probe, base + "/#", 0, packet_id=1)
+    subscribe_one(probe, base + "/+", 1, packet_id=2)
     pub, _ = ctx.connect("pub")
     pub.publish_qos(base + "/x", b"o", 1)
     got = probe.publishes(2)
@@ -105,8 +105,8 @@ def _overlapping(ctx: Context) -> Observed | None:
 def _matching(ctx: Context) -> Observed | None:
     base = ctx.topic()
     sub, _ = ctx.connect("c1")
-    _subscribe(sub, base + "/sport/#", 0, packet_id=1)
-    _subscribe(sub, base + "/news/+", 0, packet_id=2)
+    subscribe_one(sub, base + "/sport/#", 0, packet_id=1)
+    subscribe_one(sub, base + "/news/+", 0, packet_id=2)
     pub, _ = ctx.connect("pub")
     cases = {  # topic -> should match
         base + "/sport": True, base + "/sport/tennis/p1": True, base + "/news/": True,
@@ -130,10 +130,10 @@ def _matching(ctx: Context) -> Observed | None:
 def _dollar(ctx: Context) -> Observed | None:
     topic = f"${ctx.target.client_id_prefix}-{ctx.new_token()}/x"
     control, _ = ctx.connect("control")
-    _subscribe(control, topic, 0, packet_id=1)
+    subscribe_one(control, topic, 0, packet_id=1)
     wild, _ = ctx.connect("wild")
-    _subscribe(wild, "#", 0, packet_id=1)
-    _subscribe(wild, "+/x", 0, packet_id=2)
+    subscribe_one(wild, "#", 0, packet_id=1)
+    subscribe_one(wild, "+/x", 0, packet_id=2)
     pub, _ = ctx.connect("pub")
     pub.publish_qos(topic, b"$", 1)
     if not control.publishes(1):
@@ -151,7 +151,7 @@ def _dollar(ctx: Context) -> Observed | None:
 def _bom(ctx: Context) -> Observed | None:
     topic = "\ufeff" + ctx.topic()
     probe, _ = ctx.connect("c1")
-    _subscribe(probe, topic, 0)
+    subscribe_one(probe, topic, 0)
     probe.publish_qos(topic, b"bom", 0)
     got = probe.publishes(1)
     if not got or got[0].topic != topic:
@@ -165,7 +165,7 @@ def _bom(ctx: Context) -> Observed | None:
 def _unsubscribe_basic(ctx: Context) -> Observed | None:
     topic = ctx.topic()
     probe, _ = ctx.connect("c1")
-    _subscribe(probe, topic, 1)
+    subscribe_one(probe, topic, 1)
     _unsubscribe(probe, (topic,), 0x0102)
     probe.publish_qos(topic, b"after", 1, packet_id=2)
     if probe.publishes(1, ctx.target.quiet_timeout * 2):
@@ -188,7 +188,7 @@ def _unsubscribe_unknown(ctx: Context) -> Observed | None:
 def _unsubscribe_exact(ctx: Context) -> Observed | None:
     base = ctx.topic()
     probe, _ = ctx.connect("c1")
-    _subscribe(probe, base + "/+", 1, packet_id=1)
+    subscribe_one(probe, base + "/+", 1, packet_id=1)
     _unsubscribe(probe, (base + "/x", base + "/other"), 2)
     probe.ping()  # a second UNSUBACK would arrive before the PINGRESP
     extra = [p for p in probe.pending if isinstance(p, UnsubAck)]
@@ -224,7 +224,7 @@ def _publish_own(ctx: Context) -> Observed | None:
 def _subscribe_own(ctx: Context) -> Observed | None:
     probe, _ = ctx.connect("c1")
     topic_filter = _own(ctx, ctx.profile.subscribe_filter, probe.client_id)
-    granted = _subscribe(probe, topic_filter, 1, packet_id=1)
+    granted = subscribe_one(probe, topic_filter, 1, packet_id=1)
     if granted > 1:
         raise Violation("MQTT-3.8.4-6", f"granted QoS {granted} for a QoS 1 request")
     probe.send(Subscribe(2, ((topic_filter, 2),)))

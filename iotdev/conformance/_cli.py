@@ -77,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", nargs="+", metavar="PROFILE",
                    help="print profile files side by side and exit")
     p.add_argument("--list", action="store_true", help="list the checks and exit")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress lines (a table of every check at the end instead)")
     return p
 
 
@@ -123,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"iotdev-mqtt-check: {exc}", file=sys.stderr)
         return 2
     unreachable = [r for r in report.results if r.message.startswith("error: cannot reach")]
-    print(report_table(report))
+    print(report_table(report, all_checks=args.quiet))
     if args.json:
         Path(args.json).write_text(json.dumps(report_json(report), indent=2))
     if args.junit:

@@ -62,10 +62,19 @@ def coverage_table(report: Report) -> str:
     return "\n".join(lines)
 
 
-def report_table(report: Report, *, exchanges: bool = True) -> str:
-    """The end-of-run text: failures with their bytes, choices, skips, coverage."""
+def report_table(report: Report, *, exchanges: bool = True, all_checks: bool = False) -> str:
+    """The end-of-run text: (with ``all_checks``) one row per check, then the
+    failures with their bytes, the choices, the skips and the coverage."""
     out = [f"MQTT 3.1.1 conformance of {report.target} (profile {report.profile}), "
            f"{len(report.results)} checks in {report.duration:.1f} s"]
+    if all_checks:
+        width = max(len(r.check_id) for r in report.results) if report.results else 5
+        out.append(f"\n{'check':<{width}}  result  statements")
+        for r in report.results:
+            shown = f"{r.choice}" if r.outcome == "optional" else (
+                f"[{r.statement}]" if r.outcome == "failed" else " ".join(r.statements))
+            out.append(f"{r.check_id:<{width}}  {_MARK[r.outcome]}    {shown}")
+        out.append("")
     counts = {k: len(report.by_outcome(k)) for k in _MARK}
     out.append("  ".join(f"{k}: {v}" for k, v in counts.items()))
     for result in report.failed:
