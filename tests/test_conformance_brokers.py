@@ -260,8 +260,15 @@ def outcomes(report: Report) -> dict[str, str]:
     return out
 
 
-def assert_outcomes(report: Report, expected: dict[str, str]) -> None:
+def assert_outcomes(report: Report, expected: dict[str, str],
+                    racy: dict[str, set[str]] | None = None) -> None:
+    """``racy``: checks whose outcome depends on a race inside the broker, with
+    the outcomes seen (each still pinned to that set)."""
     got = outcomes(report)
+    for check_id, allowed in (racy or {}).items():
+        have = got.pop(check_id, "passed")
+        expected.pop(check_id, None)
+        assert have in allowed, f"{check_id}: {have}, expected one of {sorted(allowed)}"
     if got != expected:
         lines = []
         for check_id in sorted(set(got) | set(expected)):
@@ -349,7 +356,11 @@ def test_amqtt_whole_suite(amqtt_broker: BrokerProcess, tmp_path: Path) -> None:
 def test_aedes_whole_suite(aedes_broker: BrokerProcess, tmp_path: Path) -> None:
     report = run_checks(Target(HOST, aedes_broker.port, answer_timeout=ANSWER), jobs=JOBS)
     _check_report_shapes(report, tmp_path)
-    assert_outcomes(report, AEDES_0_51)
+    # aedes acknowledges a retained PUBLISH before it stores it, so a QoS 0
+    # retained message sent after a QoS 1 one is sometimes overwritten by it (seen
+    # in about 4 runs out of 5).
+    racy = {"retain.replace-and-keep": {"passed", "failed:MQTT-3.3.1-7"}}
+    assert_outcomes(report, dict(AEDES_0_51), racy)
 
 
 def test_emulator_with_the_iothub_profile(tmp_path: Path) -> None:

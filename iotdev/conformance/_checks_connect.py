@@ -193,8 +193,8 @@ def _keepalive(ctx: Context) -> Observed | None:
     return None
 
 
-@check("will.abnormal-close", "a dropped connection publishes its Will, not retained",
-       "MQTT-3.1.2-8", "MQTT-3.1.2-16", needs=("will", "any-topic"))
+@check("will.abnormal-close", "a dropped connection publishes its Will, not retained, at "
+       "its QoS", "MQTT-3.1.2-8", "MQTT-3.1.2-16", "MQTT-3.3.5-1", needs=("will", "any-topic"))
 def _will_abnormal(ctx: Context) -> Observed | None:
     topic = ctx.topic("will")
     watcher, _ = ctx.connect("w")
@@ -207,6 +207,9 @@ def _will_abnormal(ctx: Context) -> Observed | None:
         raise Violation("MQTT-3.1.2-8", "no Will published after an abnormal close")
     if wills[0].retain:
         raise Violation("MQTT-3.1.2-16", "Will published with RETAIN 1; Will retain was 0")
+    if wills[0].qos != 1:
+        raise Violation("MQTT-3.3.5-1", f"Will QoS 1 to a QoS 1 subscriber arrived at QoS "
+                        f"{wills[0].qos}")
     if wills[0].payload != b"bye":
         raise Violation("MQTT-3.1.2-8", f"Will payload {wills[0].payload!r}")
     return None

@@ -16,7 +16,7 @@ from ._context import Context
 from ._model import Observed, Violation, check
 from ._raw import connect_bytes, frame, hexbytes, string
 
-__all__: list[str] = []
+__all__ = ["MALFORMED_INPUTS"]
 
 Build = Callable[[str], bytes]
 
@@ -97,7 +97,7 @@ _ROWS: list[tuple[str, str, tuple[str, ...], str, Build]] = [
      lambda c: connect_bytes(c, flags=0x82, rest=string(b"u") + string(b"p"))),
     ("client-id-missing", "CONNECT without a client id (M39)", ("MQTT-3.1.3-3",), "before",
      lambda c: frame(0x10, string(b"MQTT") + bytes((4, 2, 0, 60)))),
-    ("client-id-nul", "client id containing U+0000 (M40)", ("MQTT-1.5.3-2", "MQTT-3.1.3-4"),
+    ("client-id-nul", "client id containing U+0000 (as M40)", ("MQTT-1.5.3-2", "MQTT-3.1.3-4"),
      "before", lambda c: connect_bytes(c.encode() + b"\x00")),
     ("client-id-surrogate", "client id with an encoded surrogate U+D800",
      ("MQTT-1.5.3-1", "MQTT-3.1.3-4"), "before",
@@ -201,6 +201,10 @@ _ROWS: list[tuple[str, str, tuple[str, ...], str, Build]] = [
     ("client-sends-pingresp", "the client sends PINGRESP", ("MQTT-4.8.0-1",), "after",
      lambda c: hexbytes("D0 00")),
 ]
+
+MALFORMED_INPUTS: dict[str, tuple[str, str, Build]] = {
+    f"malformed.{row[0]}": (row[1], row[3], row[4]) for row in _ROWS}
+"""``check id -> (title, "before" or "after" CONNECT, client id -> bytes)``."""
 
 for _id, _title, _statements, _phase, _build in _ROWS:
     _runner = (_before if _phase == "before" else _after)(_statements[0], _build)
