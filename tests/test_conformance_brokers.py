@@ -37,8 +37,7 @@ from tests._more_brokers import HOST, BrokerProcess, require_aedes, require_amqt
 ANSWER = 1.5  # seconds a broker gets for an answer it owes (loopback)
 JOBS = 4
 
-# mosquitto 2.0.11 (Debian 12).  Its keep-alive sweep runs about every 6 s, so a
-# keep-alive 1 client is dropped after ~6 s instead of 1.5 s.
+# mosquitto 2.0.11 (Debian 12).
 MOSQUITTO_2_0_11 = {
     "connect.empty-client-id-clean": "optional:accepted",
     "connect.credentials": "optional:accepted",
@@ -299,7 +298,10 @@ def test_mosquitto_whole_suite_over_tcp(mosquitto: Mosquitto, tmp_path: Path) ->
     report = run_checks(Target(mosquitto.host, mosquitto.tcp_port, answer_timeout=ANSWER),
                         jobs=JOBS)
     _check_report_shapes(report, tmp_path)
-    assert_outcomes(report, MOSQUITTO_2_0_11)
+    # Its keep-alive sweep is periodic: a silent keep-alive 1 s client is dropped
+    # between 1.5 s and about 6 s later, so the check passes in some runs.
+    racy = {"keepalive.timeout": {"passed", "failed:MQTT-3.1.2-24"}}
+    assert_outcomes(report, dict(MOSQUITTO_2_0_11), racy)
 
 
 @pytest.mark.parametrize("transport", ["tls", "wss"])
