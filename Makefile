@@ -76,15 +76,15 @@ AEDES_VERSION ?= 0.51.3
 .PHONY: brokers
 brokers: $(STAMP)
 	@$(PY) -c "import amqtt" 2>/dev/null || $(PY) -m pip install -q 'amqtt>=0.12,<0.13' \
-	  || { echo "error: cannot install amqtt"; [ "$$CI" != true ] || exit 1; }
+	  || { echo "error: cannot install amqtt"; case "$$CI" in true|1) exit 1;; esac; }
 	@if [ ! -d .npm-brokers/node_modules/aedes ]; then \
 	  if command -v npm >/dev/null 2>&1; then \
 	    echo "installing aedes $(AEDES_VERSION) into .npm-brokers/"; \
 	    mkdir -p .npm-brokers && npm install -q --no-audit --no-fund --prefix .npm-brokers \
 	      aedes@$(AEDES_VERSION) >/dev/null || { echo "error: npm install aedes failed"; \
-	      [ "$$CI" != true ] || exit 1; }; \
+	      case "$$CI" in true|1) exit 1;; esac; }; \
 	  else echo "error: npm not found (aedes tests skip; fail with CI=true)"; \
-	    [ "$$CI" != true ] || exit 1; fi; \
+	    case "$$CI" in true|1) exit 1;; esac; fi; \
 	fi
 
 lint: $(STAMP)
