@@ -89,6 +89,25 @@ proxies:
 	  echo "warning:$$missing not installed and we are not root; proxy tests will skip (fail with CI=true)"; \
 	fi
 
+# The other brokers the conformance checker is tested against: amqtt (a test
+# dependency, in the venv) and aedes (npm, into .npm-brokers/, run by
+# tests/_aedes_broker.js).  Installed when missing; a failed install is an error
+# under CI=true, a warning otherwise (the tests then skip).
+AEDES_VERSION ?= 0.51.3
+.PHONY: brokers
+brokers: $(STAMP)
+	@$(PY) -c "import amqtt" 2>/dev/null || $(PY) -m pip install -q 'amqtt>=0.12,<0.13' \
+	  || { echo "error: cannot install amqtt"; case "$$CI" in true|1) exit 1;; esac; }
+	@if [ ! -d .npm-brokers/node_modules/aedes ]; then \
+	  if command -v npm >/dev/null 2>&1; then \
+	    echo "installing aedes $(AEDES_VERSION) into .npm-brokers/"; \
+	    mkdir -p .npm-brokers && npm install -q --no-audit --no-fund --prefix .npm-brokers \
+	      aedes@$(AEDES_VERSION) >/dev/null || { echo "error: npm install aedes failed"; \
+	      case "$$CI" in true|1) exit 1;; esac; }; \
+	  else echo "error: npm not found (aedes tests skip; fail with CI=true)"; \
+	    case "$$CI" in true|1) exit 1;; esac; fi; \
+	fi
+
 lint: $(STAMP)
 	$(BIN)/ruff check iotdev iotdev_mqtt tests fuzz bench samples
 
@@ -113,7 +132,7 @@ fuzz-long: $(STAMP)
 fuzz-campaign: $(STAMP)
 	nice -n 10 $(PY) -m fuzz --campaign $(FUZZ_CAMPAIGN_SECONDS)
 
-pytest: $(STAMP) mosquitto proxies
+pytest: $(STAMP) mosquitto proxies brokers
 	$(BIN)/pytest -q
 
 # The artefact users install: sdist + wheel (dist/), installed in fresh venvs

@@ -81,6 +81,7 @@ TARGET_MODULES: tuple[str, ...] = (
     "fuzz.auth_targets",
     "fuzz.http_targets",
     "fuzz.dps_targets",
+    "fuzz.conformance_targets",
 )
 
 
