@@ -24,7 +24,10 @@ DEVICE_TESTS := tests/test_codec_vectors.py tests/test_codec_encode_errors.py \
   tests/test_transport_refusals.py tests/test_device_client_sync.py \
   tests/test_device_client_aio.py tests/test_mqtt_client_sync.py tests/test_mqtt_client_async.py \
   tests/test_upload_client.py tests/test_samples.py tests/test_trust_store.py \
-  tests/test_compat.py
+  tests/test_compat.py tests/test_session.py tests/test_v2_behaviours.py \
+  tests/test_driver_core.py tests/test_driver_parity.py tests/test_provisioning_flow.py \
+  tests/test_provisioning_emulator.py tests/test_records.py tests/test_footprint.py \
+  tests/test_conformance_fakebroker.py
 # Only what the tests above import besides iotdev[emulator].
 PYTHONS_TEST_DEPS := pytest hypothesis "paho-mqtt>=1.6,<2"
 
