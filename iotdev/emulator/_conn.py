@@ -12,7 +12,7 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from iotdev_mqtt import Event, ProtocolError, ServerConnection, State
+from iotdev_mqtt import ConnectRefused, Event, ProtocolError, ServerConnection, State
 
 from .._errors import ClientError
 from ..transport._layer import Stack
@@ -147,6 +147,9 @@ class DeviceConnection(asyncio.Protocol):
     def handle(self, events: list[Event]) -> None:
         for event in events:
             if self.closed:
+                return
+            if isinstance(event, ConnectRefused):  # the engine's own CONNACK 1 or 2
+                self.close(f"refused: CONNACK {event.return_code}")  # [MQTT-3.2.2-5]
                 return
             self.handler.on_event(self, event)
 

@@ -418,14 +418,23 @@ class Router:
                     break
 
     def on_closed(self, conn: RoutedConnection, reason: str) -> None:
-        """``conn`` closed (for ``reason``): forget it, keep its session."""
+        """``conn`` closed (for ``reason``): forget it, keep its session (unless clean)."""
         timer = self._expiry_timers.pop(conn, None)
         if timer is not None:
             timer.cancel()
         state = self._session_of(conn)
         if state is not None and state.connection is conn:
             state.connection = None
-            state.session = conn.engine.session
+            packet = conn.engine.connect_packet
+            if packet is not None and packet.clean_session:
+                # A clean session lasts as long as its connection [MQTT-3.1.2-6]:
+                # the next CleanSession=0 CONNECT finds none [MQTT-3.2.2-3].
+                state.session = None
+                state.subscriptions.clear()
+                state.c2d_tokens.clear()
+                state.input_tokens.clear()
+            else:
+                state.session = conn.engine.session
             # Deliveries in flight stay mapped by token: the session re-sends them.
             log.info("disconnected %s (%s, %d messages received): %s", _name(conn),
                      conn.transport_name, conn.messages_in, reason)
