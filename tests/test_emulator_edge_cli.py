@@ -188,3 +188,18 @@ def test_serve_refuses_bad_module_and_edge_arguments(tmp_path: Path, args: list[
                 "--state", str(tmp_path / "s"), *args)
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_edge_env_names_an_absolute_socket_for_a_relative_state(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``serve --state hub`` (relative) used to store a relative socket path,
+    and modules refuse ``unix://hub/...`` (the README's Edge walkthrough)."""
+    from iotdev.emulator import Hub
+
+    monkeypatch.chdir(tmp_path)
+    hub = Hub(state_dir="hub", mqtt_port=0, ws_port=None)
+    hub.add_device("edge-1")
+    hub.add_edge_device("edge-1")
+    hub.add_module("edge-1", "sink")
+    env = _environment(Path("hub"), "edge-1/sink")
+    assert env["IOTEDGE_WORKLOADURI"] == f"unix://{tmp_path}/hub/edge/edge-1/workload.sock"

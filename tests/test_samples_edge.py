@@ -1,5 +1,5 @@
 """The module client's README block and ``samples/edge/`` run: the README's
-"IoTHubModuleClient" section block (emulator on free ports), and the Edge
+"The module client" section block (emulator on free ports), and the Edge
 filter/sink pair in one command (``samples/edge/run.py``: the emulator on
 8883/443 of ``127.0.0.155``, shared with ``test_module_client.py``; pytest runs
 the two modules one after the other)."""
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-HEADING = "## IoTHubModuleClient"
+HEADING = "## The module client"
 ADDRESS = "127.0.0.155"
 _IN_CI = os.environ.get("CI", "").lower() in ("true", "1")
 

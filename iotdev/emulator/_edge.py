@@ -152,9 +152,10 @@ class EdgeRuntime:
         device = self.devices.get(device_id)
         if device is None:
             socket = workload_socket or self.state_dir / "edge" / device_id / "workload.sock"
-            device = self.devices[device_id] = EdgeDevice(device_id, {}, socket)
+            # absolute: IOTEDGE_WORKLOADURI is unix:// + an absolute path
+            device = self.devices[device_id] = EdgeDevice(device_id, {}, socket.absolute())
         elif workload_socket is not None:
-            device.workload_socket = workload_socket
+            device.workload_socket = workload_socket.absolute()
         if routes is not None:
             self._set_routes(device, routes)
         self.save()
