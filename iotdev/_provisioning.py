@@ -31,8 +31,9 @@ import enum
 import json
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
+
+from iotdev_mqtt._records import record, set_field
 
 from . import _dps_topics as topics
 from ._errors import OperationTimeout, ProvisioningServiceError
@@ -222,12 +223,19 @@ _TRANSITIONS: dict[tuple[Phase, str], Phase] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Request:
     """One PUBLISH to send (QoS 1)."""
 
+    __match_args__ = ("topic", "payload")
+    __slots__ = __match_args__
+
     topic: str
     payload: bytes
+
+    def __init__(self, topic: str, payload: bytes) -> None:
+        set_field(self, "topic", topic)
+        set_field(self, "payload", payload)
 
 
 class ProvisioningFlow:

@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from iotdev_mqtt._records import field, mutable_record
 
 if TYPE_CHECKING:
     from typing import Self
@@ -32,7 +33,7 @@ _OUR_OPTIONS = ("port",)  # iotdev: dial another port than 8883/443 (emulators, 
 CACHE_VERSION = 1
 
 
-@dataclass
+@mutable_record
 class ProvisioningConfig:
     """A validated provisioning client configuration."""
 
