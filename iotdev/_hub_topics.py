@@ -50,6 +50,7 @@ __all__ = [
     "is_twin_desired_patch_topic",
     "method_request_topic",
     "method_response_topic",
+    "new_request_id",
     "parse_c2d_topic",
     "parse_input_topic",
     "parse_method_request_topic",
@@ -666,3 +667,11 @@ def parse_twin_desired_patch_topic(topic: str) -> int | None:
         return None
     version_text = params.get("version", "")
     return int(version_text) if _VERSION.fullmatch(version_text) else None
+
+
+def new_request_id() -> str:
+    """A fresh ``$rid``: a random UUID4 as text (``uuid`` loads ``platform``
+    and ``_uuid``: imported on the first request, not with the client)."""
+    from uuid import uuid4
+
+    return str(uuid4())

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import enum
 import json
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +36,7 @@ from iotdev_mqtt._records import record, set_field
 
 from . import _dps_topics as topics
 from ._errors import OperationTimeout, ProvisioningServiceError
+from ._hub_topics import new_request_id
 
 __all__ = [
     "Phase",
@@ -274,7 +274,7 @@ class ProvisioningFlow:
         self.request_timeout = request_timeout
         self.polling_interval = polling_interval
         self.max_backoff = max_backoff
-        self._make_rid = make_rid or (lambda: str(uuid.uuid4()))
+        self._make_rid = make_rid or new_request_id
         self._jitter = jitter or (lambda delay: delay)
         self.phase = Phase.IDLE
         self.result: RegistrationResult | None = None

@@ -74,7 +74,6 @@ key renews by reconnecting (``Reauthorize``); a user token is asked for once
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -310,7 +309,7 @@ class HubSession:
 
     def __init__(self, identity: Identity, *, ensure_desired_properties: bool = True,
                  own_key: bool | None = None,
-                 new_rid: Callable[[], str] = lambda: str(uuid.uuid4())) -> None:
+                 new_rid: Callable[[], str] = topics.new_request_id) -> None:
         self.identity = identity
         self.ensure_desired_properties = ensure_desired_properties
         self._new_rid = new_rid

@@ -36,7 +36,7 @@ NOT_ON_IMPORT = {
         "urllib.request", "concurrent.futures", "iotdev.aio", "iotdev.transport._tls",
         "iotdev.transport._ws", "iotdev.transport._proxy", "iotdev.transport._http",
         "iotdev._upload", "iotdev._outbox", "iotdev.emulator", "iotdev_mqtt._server",
-        "dataclasses", "inspect", "ast", "dis",
+        "dataclasses", "inspect", "ast", "dis", "uuid", "platform", "pathlib",
     },
 }
 
