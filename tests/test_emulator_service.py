@@ -395,6 +395,29 @@ def test_telemetry_events_since_and_long_poll(hub: Hub, api: Api) -> None:
         assert len(json.loads(api.conn.getresponse().read())) == 2
 
 
+def test_every_telemetry_waiter_wakes(hub: Hub) -> None:
+    """Several waiters at once (each re-checks its own condition at every
+    message); one whose count is not reached times out with the count."""
+    hub.add_device("dev1")
+    results: dict[int, list[bytes]] = {}
+
+    def wait(count: int) -> None:
+        results[count] = [m.body for m in hub.wait_for_telemetry("dev1", count, TIMEOUT)]
+
+    threads = [threading.Thread(target=wait, args=(n,)) for n in (1, 2, 2)]
+    for thread in threads:
+        thread.start()
+    with Device(lambda **kw: _client(hub, "dev1", **kw), "dev1") as device:
+        device.telemetry(b"one")
+        device.telemetry(b"two")
+        for thread in threads:
+            thread.join(TIMEOUT)
+        assert results == {1: [b"one", b"two"], 2: [b"one", b"two"]} or \
+            results == {1: [b"one"], 2: [b"one", b"two"]}
+        with pytest.raises(TimeoutError, match="2 of 3 telemetry messages from dev1"):
+            hub.wait_for_telemetry("dev1", 3, 0.2)
+
+
 def test_stop_closes_open_connections_and_long_polls(tmp_path: Path) -> None:
     hub = Hub(mqtt_port=0, ws_port=None, http_port=0, state_dir=tmp_path).start()
     api = Api(hub)
