@@ -53,6 +53,7 @@ from .._errors import (
 )
 from ._endpoint import Endpoint, map_connect_error
 from ._layer import Stack
+from ._memory import connection_made
 from ._options import ConnectOptions, ReconnectPolicy, connack_error
 
 __all__ = ["AsyncDriver"]
@@ -459,6 +460,8 @@ class AsyncDriver:
             elif isinstance(event, Connected):
                 self._ever_connected = True
                 self._connected = True
+                if self._loop is not None:
+                    connection_made(self._loop)  # a fleet's handshake garbage goes back
                 log.info("connected to %s", self.endpoint.describe())
                 if self._attempt_done is not None and not self._attempt_done.done():
                     self._attempt_done.set_result(None)
