@@ -7,8 +7,29 @@ STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 FUZZ_SECONDS ?= 20
 FUZZ_CAMPAIGN_SECONDS ?= 600
+# The oldest and newest CPython this machine has (pyenv), for the device path
+# and the installed wheel: `make pythons` and `make wheel-smoke` use them.
+PY_OLDEST ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10) \
+  $(shell command -v python3.10))
+PY_NEWEST ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13) \
+  $(shell command -v python3.13))
+SMOKE_PYTHONS ?= $(PY_OLDEST) $(PY_NEWEST)
+# What runs on every supported Python: the codec and engines, the transports,
+# both device clients, the MQTT clients, file upload and the samples.
+DEVICE_TESTS := tests/test_codec_vectors.py tests/test_codec_encode_errors.py \
+  tests/test_codec_properties.py tests/test_engine_pair.py tests/test_server_engine.py \
+  tests/test_state_tables.py tests/test_topics.py tests/test_hub_topics.py tests/test_auth.py \
+  tests/test_tls_layer.py tests/test_ws_layer.py tests/test_proxy.py tests/test_http_layer.py \
+  tests/test_import_purity.py tests/test_reconnect_policy.py tests/test_completion.py \
+  tests/test_transport_refusals.py tests/test_device_client_sync.py \
+  tests/test_device_client_aio.py tests/test_mqtt_client_sync.py tests/test_mqtt_client_async.py \
+  tests/test_upload_client.py tests/test_samples.py tests/test_trust_store.py \
+  tests/test_compat.py
+# Only what the tests above import besides iotdev[emulator].
+PYTHONS_TEST_DEPS := pytest hypothesis "paho-mqtt>=1.6,<2"
 
-.PHONY: audit all test lint typecheck fuzz fuzz-long fuzz-campaign pytest bench demo mosquitto proxies clean
+.PHONY: audit all test lint typecheck fuzz fuzz-long fuzz-campaign pytest bench demo mosquitto \
+  proxies clean wheel wheel-smoke pythons sizes
 
 all: test
 
@@ -69,7 +90,7 @@ proxies:
 	fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check iotdev iotdev_mqtt tests fuzz bench
+	$(BIN)/ruff check iotdev iotdev_mqtt tests fuzz bench samples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict iotdev_mqtt iotdev
@@ -95,15 +116,59 @@ fuzz-campaign: $(STAMP)
 pytest: $(STAMP) mosquitto proxies
 	$(BIN)/pytest -q
 
-test: $(STAMP) mosquitto proxies lint typecheck fuzz pytest
+# The artefact users install: sdist + wheel (dist/), installed in fresh venvs
+# on the oldest and newest Python (tests/test_wheel.py: `iotdev-hub demo`, a
+# device round trip, a --no-deps install running the codec example; and the
+# README's console blocks, tests/test_readme.py).
+wheel: $(STAMP)
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+
+wheel-smoke: $(STAMP)
+	@for py in $(SMOKE_PYTHONS); do \
+	  if [ ! -x "$$py" ]; then \
+	    if [ "$${CI:-}" = true ]; then echo "error: interpreter $$py missing"; exit 1; fi; \
+	    echo "warning: interpreter $$py missing; skipped"; continue; fi; \
+	  echo "== the installed wheel on $$py"; \
+	  IOTDEV_SMOKE_PYTHON=$$py $(BIN)/pytest -q -p no:cacheprovider tests/test_wheel.py \
+	    tests/test_readme.py -k "installed or console or contents" || exit 1; \
+	done
+
+# The device-path tests on the oldest and newest Python (one venv each, made
+# here: .venv-py3.10, .venv-py3.13).
+.venv-py%/.installed: pyproject.toml
+	@py="$(if $(filter 3.10,$*),$(PY_OLDEST),$(PY_NEWEST))"; \
+	if [ ! -x "$$py" ]; then echo "error: no Python $* (pyenv install $*)"; exit 1; fi; \
+	$$py -m venv .venv-py$* && .venv-py$*/bin/python -m pip install -q --upgrade pip && \
+	.venv-py$*/bin/python -m pip install -q -e '.[emulator]' $(PYTHONS_TEST_DEPS)
+	touch $@
+
+pythons: .venv-py3.10/.installed .venv-py3.13/.installed mosquitto proxies
+	.venv-py3.10/bin/pytest -q -p no:cacheprovider $(DEVICE_TESTS)
+	.venv-py3.13/bin/pytest -q -p no:cacheprovider $(DEVICE_TESTS)
+
+# Installed size of each variant against azure-iot-device and paho-mqtt
+# (README "Install"; pip needs the package index).
+sizes: wheel
+	$(PY) .ci/sizes.py --dist dist
+
+test: $(STAMP) mosquitto proxies lint typecheck fuzz pytest pythons wheel-smoke
 
 # About five minutes on two cores: every figure against its peers, then
-# bench-results.{json,md,png} and the benchmark block of README.md.
+# bench-results.{json,md,png} (README "Performance" links to them).
 bench: $(STAMP) $(BENCH_STAMP) mosquitto
-	$(PY) -m bench --readme README.md
+	$(PY) -m bench
 
-demo: $(STAMP)
-	$(PY) -m iotdev.emulator demo
+# Only what the demo needs: the wheel's run-time dependencies and the
+# emulator's extra, in a venv of its own (no test tools).
+DEMO_VENV := .venv-demo
+$(DEMO_VENV)/.installed: pyproject.toml $(shell find iotdev iotdev_mqtt -name '*.py')
+	$(PYTHON) -m venv $(DEMO_VENV)
+	$(DEMO_VENV)/bin/python -m pip install -q '.[emulator]'
+	touch $@
+
+demo: $(DEMO_VENV)/.installed
+	$(DEMO_VENV)/bin/iotdev-hub demo
 
 # One hour of mixed traffic (a sync and an asyncio device client) through
 # periodic network faults and emulator restarts, memory and threads sampled
@@ -113,4 +178,5 @@ soak: $(STAMP)
 	$(PY) -m tests.soak --minutes 60
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .venv-py3.10 .venv-py3.13 $(DEMO_VENV) build dist *.egg-info .pytest_cache \
+	  .mypy_cache .ruff_cache .hypothesis

@@ -16,9 +16,14 @@ every target N seconds of atheris, goes on after a breach, merges the inputs
 libFuzzer found into ``fuzz/corpus/<target>/`` (``store.py``) and prints the
 figures as a Markdown table.
 
-Exit status: 0 when no invariant broke, 1 on the first breach (after writing
-``fuzz/crashes/<target>-<sha1>.hex``; a campaign: after all targets), 2 on a
-usage error.
+Every target runs all its seeds and corpus and at least ``MIN_MUTATIONS``
+mutated inputs (``engine.py``), however short ``--seconds`` is; a target that
+ran less (a child that died, a broken seed loader) fails the run.
+
+Exit status: 0 when no invariant broke and every target ran its floor, 1 on
+the first breach (after writing ``fuzz/crashes/<target>-<sha1>.hex``, which is
+kept in git and replayed by ``tests/test_fuzz_regressions.py``; a campaign:
+after all targets) or a target that ran too little, 2 on a usage error.
 """
 
 from __future__ import annotations
@@ -102,7 +107,7 @@ def _atheris_children(names: list[str], args: argparse.Namespace, seed: int, sta
         result = run_child(targets[name], budget, seed, max_len=args.max_len,
                            ignore=args.ignore, verbose=args.verbose)
         print(result.summary(), flush=True)
-        if result.status:
+        if result.status or not result.ran_enough:
             return 1
     return 0
 
@@ -200,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             for label, count in sorted(stats.outcomes.items(), key=lambda kv: -kv[1]):
                 print(f"  {count:8} {label}")
-        if stats.breach is not None:
+        if stats.breach is not None or not stats.ran_enough:
             return 1
     return 0
 

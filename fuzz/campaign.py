@@ -59,12 +59,21 @@ class ChildResult:
     merged: MergeReport | None = None
 
     @property
+    def ran_enough(self) -> bool:
+        """The child reported its figures, and ran its seeds plus the floor of
+        mutated inputs (``engine.MIN_MUTATIONS``)."""
+        from .engine import MIN_MUTATIONS
+
+        return self.execs >= self.seeds + MIN_MUTATIONS
+
+    @property
     def rate(self) -> float:
         return self.execs / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> str:
-        verdict = "ok" if self.status == 0 else "BREACH" if self.crash else \
-            f"FAILED (exit status {self.status})"
+        verdict = "BREACH" if self.crash else f"FAILED (exit status {self.status})" \
+            if self.status else "ok" if self.ran_enough else \
+            f"FAILED (ran only {self.execs} inputs)"
         figures = "cov -, ft - (libFuzzer still loading the corpus)" if self.cov is None \
             else f"cov {self.cov}, ft {self.ft}"
         text = (f"{self.target}: {verdict}, {self.execs} execs in {self.seconds:.1f} s "

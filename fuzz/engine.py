@@ -60,6 +60,10 @@ __all__ = [
 
 CRASH_DIR = Path(__file__).with_name("crashes")
 MAX_CORPUS = 8192
+MIN_MUTATIONS = 256
+"""Mutated inputs every target runs past its seeds and corpus, whatever its time
+budget: a short run (``make test`` gives each target about 2 s) still fuzzes
+every target, instead of ending while it loads its seeds."""
 
 
 @dataclass(slots=True)
@@ -87,10 +91,17 @@ class Stats:
     corpus: int = 0
     breach: Breach | None = None
 
+    @property
+    def ran_enough(self) -> bool:
+        """Every seed and at least ``MIN_MUTATIONS`` mutated inputs ran."""
+        return self.execs >= self.seeds + MIN_MUTATIONS
+
     def summary(self) -> str:
         """One line: executions, executions/s, distinct outcome classes, verdict."""
         rate = self.execs / self.seconds if self.seconds > 0 else 0.0
-        verdict = "BREACH" if self.breach else "ok"
+        verdict = "BREACH" if self.breach else "ok" if self.ran_enough else \
+            f"FAILED (ran {self.execs} inputs, fewer than its {self.seeds} seeds + " \
+            f"{MIN_MUTATIONS} mutations)"
         return (
             f"{self.target}: {verdict}, {self.execs} execs in {self.seconds:.1f} s "
             f"({rate:.0f}/s), {len(self.outcomes)} outcome classes, corpus {self.corpus} "
@@ -280,9 +291,7 @@ def run_stdlib(
         stats.corpus = len(corpus)
         return stats
 
-    for data in seeds:
-        if time.monotonic() >= deadline:
-            return finish()
+    for data in seeds:  # every one, whatever the time: they are the known inputs
         stats.execs += 1
         try:
             label = fn(data)
@@ -296,7 +305,8 @@ def run_stdlib(
     choice = rng.choice
     random_ = rng.random
     monotonic = time.monotonic
-    while monotonic() < deadline:
+    floor = stats.execs + MIN_MUTATIONS
+    while stats.execs < floor or monotonic() < deadline:
         parent = choice(found) if found and random_() < 0.5 else choice(corpus)
         data = mutate(parent, corpus)
         stats.execs += 1
@@ -388,6 +398,7 @@ def run_atheris(
         seeded.add(hashlib.sha1(data).hexdigest())
         (corpus_dir / hashlib.sha1(data).hexdigest()).write_bytes(data)
     outcomes = stats.outcomes
+    floor = stats.seeds + MIN_MUTATIONS  # libFuzzer runs the corpus first, then mutates
 
     def end(status: int) -> None:
         stats.seconds = time.monotonic() - start
@@ -421,13 +432,13 @@ def run_atheris(
             stats.breach = record_breach(target, data, exc)
             end(1)
         outcomes[label] += 1
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= deadline and stats.execs >= floor:
             end(0)
 
     argv = [
         sys.argv[0],
         f"-seed={seed % (1 << 31) or 1}",
-        f"-max_total_time={int(seconds) + 10}",
+        f"-max_total_time={int(seconds) + 60}",  # the floor may need a little longer
         "-timeout=20",
         "-print_final_stats=0",
         f"-artifact_prefix={workdir}/",

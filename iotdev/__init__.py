@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._auth import derive_device_key
+from ._deps import MissingDependencyError
 from ._errors import (
     ClientError,
     ConnectionDroppedError,
@@ -61,6 +62,7 @@ __all__ = [
     "Message",
     "MethodRequest",
     "MethodResponse",
+    "MissingDependencyError",
     "NoConnectionError",
     "OperationCancelled",
     "OperationTimeout",

@@ -213,6 +213,22 @@ class Outbox:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def synchronous(self) -> str:
+        """SQLite's ``synchronous`` setting on the outbox's connection, read
+        from SQLite itself: ``"FULL"`` whenever no delete is running, so a
+        ``put()`` is on disk when it returns (a check for tests and
+        diagnostics).
+
+        Raises:
+            ClientError: the outbox is closed.
+        """
+        with self._db_lock:
+            if self._closed:
+                raise ClientError(f"the outbox {self.path!r} is closed")
+            level = self._db.execute("PRAGMA synchronous").fetchone()[0]
+        return {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(level, str(level))
+
     def drained_through(self, seq: int) -> bool:
         """Whether every message up to ``seq`` has left the file (deleted
         after its PUBACK, or dropped).  No I/O."""

@@ -1,5 +1,7 @@
-"""What moves messages from the outbox (``_outbox.py``) to the MQTT engine,
-one sender per front-end: ``ThreadSender`` on the sync client's I/O thread,
+"""What moves messages from the outbox (``_outbox.py``) to the MQTT engine:
+one policy (``PumpPolicy``: what a pump does, what a PUBLISH's outcome means,
+when to connect in the background and when to stop trying) and two thin
+pumps that run it, ``ThreadSender`` on the sync client's I/O thread and
 ``AsyncSender`` on the asyncio client's event loop.
 
 Theory of operation
@@ -38,23 +40,133 @@ from typing import TYPE_CHECKING, Any
 
 from iotdev_mqtt import ProtocolError
 
+from ._compat import async_timeout
 from ._errors import ClientError, CredentialError, OperationCancelled, OperationTimeout
-from ._outbox import FLUSH_AFTER, Outbox
+from ._outbox import FLUSH_AFTER, Outbox, Row
 
 if TYPE_CHECKING:
     from ._hubclient import HubConfig
     from .transport._asyncio import AsyncDriver
     from .transport._thread import Completion, ThreadDriver
 
-__all__ = ["AsyncSender", "ThreadSender"]
+__all__ = ["AsyncSender", "PumpPolicy", "ThreadSender"]
 
 log = logging.getLogger(__name__)
 
 Report = Callable[[BaseException], None]
 
 
+class PumpPolicy:
+    """The outbox's decisions, once for both senders (sans-IO: the clock is
+    an argument, the sender's hooks do the rest).
+
+    Args:
+        outbox: the open outbox.
+        config: ``auto_connect`` and the reconnect policy.
+        report: called with background errors.
+        changed: called when rows were deleted or dropped (wake the waiters).
+        flush_later: called when acknowledged rows wait for a group commit;
+            the sender calls ``flush()`` ``FLUSH_AFTER`` seconds later.
+    """
+
+    def __init__(self, outbox: Outbox, config: HubConfig, report: Report,
+                 changed: Callable[[], None], flush_later: Callable[[], None]) -> None:
+        self.outbox = outbox
+        self.config = config
+        self.report = report
+        self.changed = changed
+        self.flush_later = flush_later
+        self.flush_due = False
+        self.stopped = False
+        self.retry_at = 0.0
+        self._attempt = 0
+        self._rng = random.Random()
+
+    def pump(self, *, connected: bool, waiting: bool, send: Callable[[Row], None]) -> None:
+        """Delete what was acknowledged (at once while someone ``waiting``
+        or while not ``connected``), then, while connected, ``send`` the next
+        rows the window has room for (in sequence order).  ``send`` raises
+        ``ClientError`` when the client was shut down: the rest are released."""
+        outbox = self.outbox
+        if outbox.closed:
+            return
+        try:
+            if outbox.commit(force=waiting or not connected):
+                self.changed()
+            if outbox.unflushed and not self.flush_due:
+                self.flush_due = True
+                self.flush_later()
+            if not connected:
+                return
+            rows = outbox.take()
+            for index, row in enumerate(rows):
+                try:
+                    send(row)
+                except ClientError:  # shut down meanwhile
+                    for unsent in rows[index:]:
+                        outbox.release(unsent.seq)
+                    return
+        except ClientError as exc:  # the disk failed
+            self.failed(exc)
+
+    def flush(self) -> None:
+        """Delete acknowledged rows no ``put()`` took along."""
+        self.flush_due = False
+        if self.outbox.closed:
+            return
+        try:
+            if self.outbox.commit():
+                self.changed()
+        except ClientError as exc:
+            self.failed(exc)
+
+    def failed(self, exc: ClientError) -> None:
+        if not self.stopped:
+            log.error("outbox: %s", exc)
+            self.report(exc)
+
+    def settled(self, seq: int, error: BaseException | None) -> bool:
+        """A PUBLISH's outcome: a PUBACK acknowledges the row (``True``: pump
+        again); an engine refusal deletes it (it can never be sent: do not
+        retry forever); any other failure leaves it for the next connection."""
+        if error is None:
+            self.outbox.acked(seq)
+            return not self.outbox.closed
+        if isinstance(error, ProtocolError):
+            self.outbox.acked(seq)
+            log.error("outbox: message %d refused by the MQTT engine, deleted: %s", seq, error)
+            self.report(error)
+        else:
+            self.outbox.release(seq)
+        return False
+
+    def may_connect(self, *, connected: bool, reconnecting: bool, now: float) -> bool:
+        """Start a background connection now?  Not before the back-off after
+        a failed one has passed, whoever asks."""
+        return (self.config.auto_connect and not self.stopped and not connected
+                and not reconnecting and now >= self.retry_at)
+
+    def connect_ended(self, error: BaseException | None, now: float) -> float | None:
+        """A background connection succeeded (``error`` is ``None``) or
+        failed: when to try again (``None``: not on our own).  ``disconnect()``
+        and shutdown stop it; bad credentials, a disabled reconnect policy or
+        an empty outbox too."""
+        if error is None:
+            self._attempt = 0
+            return None
+        if isinstance(error, OperationCancelled) or self.stopped:
+            return None
+        self.report(error)
+        self._attempt += 1
+        policy = self.config.reconnect_policy()
+        self.retry_at = now + policy.delay(self._attempt, self._rng)
+        if policy.enabled and not isinstance(error, CredentialError) and self.outbox.pending:
+            return self.retry_at
+        return None
+
+
 class ThreadSender:
-    """The outbox of a sync client, fed on the driver's I/O thread.
+    """The outbox of a sync client, pumped on the driver's I/O thread.
 
     Args:
         outbox: the open outbox.
@@ -68,17 +180,11 @@ class ThreadSender:
                  report: Report) -> None:
         self.outbox = outbox
         self._driver = driver
-        self._config = config
-        self._report = report
+        self._policy = PumpPolicy(outbox, config, report, self._notify, self._flush_later)
         self._changed = threading.Condition()  # rows deleted or dropped, or closed
         self._waiting = 0  # threads in wait_drained
         self._pump_due = False
-        self._flush_due = False  # the rest below: the I/O thread's
-        self._connecting = False
-        self._retry_at = 0.0
-        self._attempt = 0
-        self._rng = random.Random()
-        self._stopped = False
+        self._connecting = False  # the I/O thread's
 
     # -------------------------------------------------------------- callers
 
@@ -129,12 +235,12 @@ class ThreadSender:
 
     def stop(self) -> None:
         """``shutdown()`` begins: start nothing new."""
-        self._stopped = True
+        self._policy.stopped = True
 
     def close(self) -> None:
         """After the I/O thread ended: delete what was acknowledged, release
         the file, wake the waiters."""
-        self._stopped = True
+        self._policy.stopped = True
         self.outbox.close()
         self._notify()
 
@@ -159,69 +265,29 @@ class ThreadSender:
 
     def _pump(self) -> None:
         self._pump_due = False
-        outbox = self.outbox
-        if outbox.closed:
-            return
-        try:
-            if outbox.commit(force=self._waiting > 0 or not self._driver.connected):
-                self._notify()
-            if outbox.unflushed and not self._flush_due:
-                self._flush_due = True
-                self._set_timer("outbox-flush", time.monotonic() + FLUSH_AFTER, self._flush)
-            if not self._driver.connected:
-                return
-            rows = outbox.take()
-            for index, row in enumerate(rows):
-                try:
-                    sent = self._driver.publish(row.topic, row.payload, 1, False)
-                except ClientError:  # shut down meanwhile
-                    for unsent in rows[index:]:
-                        outbox.release(unsent.seq)
-                    return
-                sent.add_done_callback(functools.partial(self._settled, row.seq))
-        except ClientError as exc:  # the disk failed
-            self._failed(exc)
+        self._policy.pump(connected=self._driver.connected, waiting=self._waiting > 0,
+                          send=self._send)
 
-    def _flush(self) -> None:
-        """Delete acknowledged rows no ``put()`` took along."""
-        self._flush_due = False
-        if self.outbox.closed:
-            return
-        try:
-            if self.outbox.commit():
-                self._notify()
-        except ClientError as exc:
-            self._failed(exc)
+    def _send(self, row: Row) -> None:
+        sent = self._driver.publish(row.topic, row.payload, 1, False)
+        sent.add_done_callback(functools.partial(self._settled, row.seq))
 
-    def _failed(self, exc: ClientError) -> None:
-        if not self._stopped:
-            log.error("outbox: %s", exc)
-            self._report(exc)
+    def _flush_later(self) -> None:
+        self._set_timer("outbox-flush", time.monotonic() + FLUSH_AFTER, self._policy.flush)
 
     def _settled(self, seq: int, sent: Completion) -> None:
-        """A PUBLISH's outcome: a PUBACK acknowledges the row; a failure
-        leaves it for the next connection."""
-        error = sent.exception(0)
-        if error is None:
-            self.outbox.acked(seq)
+        if self._policy.settled(seq, sent.exception(0)):
             self._schedule()
-        elif isinstance(error, ProtocolError):  # can never be sent: do not retry forever
-            self.outbox.acked(seq)
-            log.error("outbox: message %d refused by the MQTT engine, deleted: %s", seq, error)
-            self._report(error)
-        else:
-            self.outbox.release(seq)
-
-    def _wants_connection(self) -> bool:
-        driver = self._driver
-        return (self._config.auto_connect and not self._stopped and not driver.connected
-                and not driver.reconnecting and not self._connecting
-                and time.monotonic() >= self._retry_at)
 
     def _autoconnect(self) -> None:
         """Any thread: have the I/O thread start a background connection."""
         if self._wants_connection():
             self._set_timer("outbox-connect", time.monotonic(), self._connect)
+
+    def _wants_connection(self) -> bool:
+        return not self._connecting and self._policy.may_connect(
+            connected=self._driver.connected, reconnecting=self._driver.reconnecting,
+            now=time.monotonic())
 
     def _connect(self) -> None:
         """One background attempt at a time (its completion is resolved on
@@ -232,23 +298,15 @@ class ThreadSender:
 
     def _connect_done(self, attempt: Completion) -> None:
         self._connecting = False
-        error = attempt.exception(0)
-        if error is None:
-            self._attempt = 0
-            return
-        if isinstance(error, OperationCancelled) or self._stopped:
-            return  # disconnect() or shutdown(): stop trying
-        self._report(error)
-        self._attempt += 1
-        policy = self._config.reconnect_policy()
-        self._retry_at = time.monotonic() + policy.delay(self._attempt, self._rng)
-        if policy.enabled and not isinstance(error, CredentialError) and self.outbox.pending:
-            self._set_timer("outbox-retry", self._retry_at, self._connect)
+        retry_at = self._policy.connect_ended(attempt.exception(0), time.monotonic())
+        if retry_at is not None:
+            self._set_timer("outbox-retry", retry_at, self._connect)
 
 
 class AsyncSender:
-    """The outbox of an asyncio client, fed on its event loop; every outbox
-    call runs on the loop (one small transaction each; ``put()`` fsyncs).
+    """The outbox of an asyncio client, pumped on its event loop; every
+    outbox call runs on the loop (one small transaction each; ``put()``
+    fsyncs).
 
     Args:
         outbox: the open outbox.
@@ -262,17 +320,14 @@ class AsyncSender:
                  report: Report, connect: Callable[[], Awaitable[None]]) -> None:
         self.outbox = outbox
         self._driver = driver
-        self._config = config
         self._report = report
         self._connect = connect
+        self._policy = PumpPolicy(outbox, config, report, self._wake, self._flush_later)
         self._sent: dict[int, asyncio.Future[None]] = {}  # rows in flight
         self._waiters: set[asyncio.Future[None]] = set()
         self._pump_due = False
         self._flush: asyncio.TimerHandle | None = None
         self._connecting: asyncio.Task[None] | None = None
-        self._retry_at = 0.0
-        self._rng = random.Random()
-        self._stopped = False
 
     def put(self, topic: str, payload: bytes) -> None:
         """Store a message (see ``Outbox.put``), then have it sent.  The
@@ -292,7 +347,7 @@ class AsyncSender:
             self._schedule()  # acknowledged rows are deleted at once while we wait
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(timeout):
+            async with async_timeout(timeout):
                 while not outbox.drained_through(barrier):
                     if outbox.closed:
                         raise OperationCancelled("the client was shut down")
@@ -319,7 +374,7 @@ class AsyncSender:
     def close(self) -> None:
         """At shutdown, after the driver: rows whose PUBACK arrived (callbacks
         not run yet) are deleted, the file is closed, waiters are woken."""
-        self._stopped = True
+        self._policy.stopped = True
         self.disconnecting()
         if self._flush is not None:
             self._flush.cancel()
@@ -345,101 +400,48 @@ class AsyncSender:
 
     def _pump(self) -> None:
         self._pump_due = False
-        outbox = self.outbox
-        if outbox.closed:
-            return
-        try:
-            if outbox.commit(force=bool(self._waiters) or not self._driver.connected):
-                self._wake()
-            if outbox.unflushed and self._flush is None:
-                self._flush = asyncio.get_running_loop().call_later(FLUSH_AFTER, self._flushed)
-            if not self._driver.connected:
-                return
-            rows = outbox.take()
-            for index, row in enumerate(rows):
-                try:
-                    sent = self._driver.publish(row.topic, row.payload, 1, False)
-                except ProtocolError as exc:  # can never be sent: do not retry forever
-                    outbox.acked(row.seq)
-                    log.error("outbox: message %d refused by the MQTT engine, deleted: %s",
-                              row.seq, exc)
-                    self._report(exc)
-                    continue
-                except ClientError:  # the queue is full, or shut down: later
-                    for unsent in rows[index:]:
-                        outbox.release(unsent.seq)
-                    return
-                self._sent[row.seq] = sent
-                sent.add_done_callback(functools.partial(self._settled, row.seq))
-        except ClientError as exc:  # the disk failed
-            self._failed(exc)
+        self._policy.pump(connected=self._driver.connected, waiting=bool(self._waiters),
+                          send=self._send)
+
+    def _send(self, row: Row) -> None:
+        sent = self._sent[row.seq] = self._driver.publish(row.topic, row.payload, 1, False)
+        sent.add_done_callback(functools.partial(self._settled, row.seq))
+
+    def _flush_later(self) -> None:
+        self._flush = asyncio.get_running_loop().call_later(FLUSH_AFTER, self._flushed)
 
     def _flushed(self) -> None:
-        """Delete acknowledged rows no ``put()`` took along."""
         self._flush = None
-        if self.outbox.closed:
-            return
-        try:
-            if self.outbox.commit():
-                self._wake()
-        except ClientError as exc:
-            self._failed(exc)
-
-    def _failed(self, exc: ClientError) -> None:
-        if not self._stopped:
-            log.error("outbox: %s", exc)
-            self._report(exc)
+        self._policy.flush()
 
     def _settled(self, seq: int, sent: asyncio.Future[None]) -> None:
         self._sent.pop(seq, None)
-        error = None if sent.cancelled() else sent.exception()
-        if sent.cancelled() or error is not None:
-            if isinstance(error, ProtocolError):  # can never be sent: do not retry forever
-                self.outbox.acked(seq)
-                log.error("outbox: message %d refused by the MQTT engine, deleted: %s",
-                          seq, error)
-                self._report(error)
-            else:
-                self.outbox.release(seq)
-            return
-        self.outbox.acked(seq)
-        if not self.outbox.closed:
+        error = OperationCancelled("cancelled") if sent.cancelled() else sent.exception()
+        if self._policy.settled(seq, error):
             self._schedule()
 
     def _autoconnect(self) -> None:
-        """One background connection task at a time, none before the
-        back-off after a failure."""
-        driver = self._driver
-        if (not self._config.auto_connect or self._stopped or driver.connected
-                or driver.reconnecting):
-            return
+        """One background connection task at a time."""
         if self._connecting is not None and not self._connecting.done():
             return
         loop = asyncio.get_running_loop()
-        if loop.time() < self._retry_at:
-            return
-        task = self._connecting = loop.create_task(self._connect_loop())
-        task.add_done_callback(self._connect_ended)
+        if self._policy.may_connect(connected=self._driver.connected,
+                                    reconnecting=self._driver.reconnecting, now=loop.time()):
+            task = self._connecting = loop.create_task(self._connect_loop())
+            task.add_done_callback(self._connect_ended)
 
     async def _connect_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        policy = self._config.reconnect_policy()
-        attempt = 0
-        while not self._stopped:
+        while not self._policy.stopped:
+            error: BaseException | None = None
             try:
                 await self._connect()
+            except (ClientError, OperationTimeout, OperationCancelled) as exc:
+                error = exc
+            retry_at = self._policy.connect_ended(error, loop.time())
+            if retry_at is None:
                 return
-            except OperationCancelled:
-                return  # disconnect() or shutdown()
-            except (ClientError, OperationTimeout) as exc:
-                self._report(exc)
-                attempt += 1
-                delay = policy.delay(attempt, self._rng)
-                self._retry_at = loop.time() + delay
-                if (not policy.enabled or isinstance(exc, CredentialError)
-                        or not self.outbox.pending):
-                    return
-                await asyncio.sleep(delay)  # the back-off
+            await asyncio.sleep(retry_at - loop.time())  # the back-off
             if self._driver.connected or self._driver.reconnecting:
                 return
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from iotdev_mqtt._records import field, mutable_record
 
 if TYPE_CHECKING:
-    from typing import Self
+    from typing_extensions import Self
 
 from . import _dps_topics as topics
 from ._auth import decode_symmetric_key, default_user_agent, generate_sas_token

@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 from urllib.parse import quote, quote_plus, urlsplit
 
+from ._compat import add_note
+from ._deps import require
 from ._errors import (
     ClientError,
     ConnectionDroppedError,
@@ -55,7 +57,10 @@ from ._errors import (
     TLSError,
 )
 from .transport._endpoint import Endpoint
-from .transport._http import (
+
+require("h11", "file upload (get_storage_info_for_blob, notify_blob_upload_status, upload_blob)")
+
+from .transport._http import (  # noqa: E402  (after the check: it imports h11)
     Deadline,
     Flow,
     HTTPRequest,
@@ -388,7 +393,7 @@ def upload(config: UploadConfig, session: HTTPSession, blob_name: str, source: S
         try:
             yield from notify(config, session, correlation_id, False, status, description)
         except Exception as notify_exc:
-            exc.add_note(f"notifying the hub of the failure failed too: {notify_exc}")
+            add_note(exc, f"notifying the hub of the failure failed too: {notify_exc}")
         raise
     yield from notify(config, session, correlation_id, True, result.status_code,
                       f"uploaded {result.size} bytes")

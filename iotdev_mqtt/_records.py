@@ -118,7 +118,7 @@ def _record(cls: type[T]) -> type[T]:
 
 
 if TYPE_CHECKING:
-    from typing import dataclass_transform
+    from typing_extensions import dataclass_transform
 
     @dataclass_transform(frozen_default=True)
     def record(cls: type[T]) -> type[T]:

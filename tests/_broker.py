@@ -184,7 +184,7 @@ class CertAuthority:
     def __init__(self, directory: Path, name: str = "iotdev test CA") -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._now = datetime.datetime.now(datetime.UTC)
+        self._now = datetime.datetime.now(datetime.timezone.utc)
         self._key = ec.generate_private_key(ec.SECP256R1())
         public = self._key.public_key()
         self._subject = _name(name)

@@ -4,13 +4,16 @@ through a device client with an outbox and prints each ``n`` once
 
 Prints ``ready {pending}`` first (the outbox's backlog from earlier runs),
 ``sent`` after the last message, then waits for the outbox to drain and
-prints ``drained``.  Run as ``python tests/_outbox_child.py --help``.
+prints ``drained``.  With ``--gated`` it connects first, prints
+``connected`` and waits for a line on stdin before sending.  Run as
+``python tests/_outbox_child.py --help``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from typing import Any
 
 
@@ -26,6 +29,10 @@ def run_sync(args: argparse.Namespace) -> None:
 
     client = IoTHubDeviceClient.create_from_connection_string(args.conn, **_options(args))
     print("ready", client.outbox_pending, flush=True)
+    if args.gated:
+        client.connect()
+        print("connected", flush=True)
+        sys.stdin.readline()
     for n in range(args.count):
         client.send_message(f"{args.run}:{n}")
         print(n, flush=True)
@@ -40,6 +47,10 @@ async def run_aio(args: argparse.Namespace) -> None:
 
     client = IoTHubDeviceClient.create_from_connection_string(args.conn, **_options(args))
     print("ready", client.outbox_pending, flush=True)
+    if args.gated:
+        await client.connect()
+        print("connected", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
     for n in range(args.count):
         await client.send_message(f"{args.run}:{n}")
         print(n, flush=True)
@@ -58,6 +69,8 @@ def main() -> None:
     parser.add_argument("--run", type=int, required=True, help="this run's number")
     parser.add_argument("--count", type=int, required=True, help="messages to send")
     parser.add_argument("--aio", action="store_true", help="use the asyncio client")
+    parser.add_argument("--gated", action="store_true",
+                        help="connect, print 'connected', wait for a line on stdin, then send")
     args = parser.parse_args()
     if args.aio:
         asyncio.run(run_aio(args))

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from tests._ci import require_module
+
 REPO = Path(__file__).resolve().parent.parent
 
-pytest.importorskip("paho.mqtt.client", reason="the codec figure compares with paho-mqtt")
+require_module("paho.mqtt.client", "the codec figure compares with paho-mqtt")
 
 
 def _run_bench(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -115,7 +117,7 @@ _ACCEPTED_SKIPS = ("busy", "not installed", "not permitted", "not a local addres
 
 @pytest.mark.mosquitto
 def test_quick_run_of_the_broker_figures(tmp_path: Path) -> None:
-    pytest.importorskip("azure.iot.device", reason="the device figures compare with it")
+    require_module("azure.iot.device", "the device figures compare with it")
     proc = _run_bench(tmp_path, "--quick", "--no-chart", "--only", *_BROKER_FIGURES,
                       "import")
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
@@ -204,7 +206,10 @@ def test_harness_pairs_each_ours_with_its_peers_and_checks_targets(tmp_path: Pat
 
 
 def test_chart_is_drawn(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib", reason="the bench extra draws the chart")
+    # Skipped by `make test` on purpose: matplotlib (the bench extra, ~60 MB with
+    # numpy) is installed by `make bench`, which draws the chart with it.
+    pytest.importorskip("matplotlib", reason="matplotlib comes with the bench extra "
+                        "(`make bench`), not with `make test`")
     from bench._chart import draw
     from bench.harness import Contestant, Figure, Session, run_figure
 

@@ -37,6 +37,7 @@ from iotdev import (
     ServiceError,
 )
 from iotdev._auth import device_resource_uri, generate_sas_token
+from iotdev._compat import async_timeout
 from iotdev.aio import IoTHubDeviceClient
 from iotdev.emulator import Hub
 from tests.test_device_client_sync import (
@@ -92,7 +93,7 @@ class ARecorder:
         if self._changed is None:
             self._changed = asyncio.Event()
         try:
-            async with asyncio.timeout(timeout):
+            async with async_timeout(timeout):
                 while not predicate(self.items):
                     self._changed.clear()
                     await self._changed.wait()
@@ -142,7 +143,7 @@ class Aio:
     def run(self, body: Callable[[], Awaitable[Any]], deadline: float = TEST_DEADLINE) -> Any:
         async def main() -> Any:
             try:
-                async with asyncio.timeout(deadline):
+                async with async_timeout(deadline):
                     return await body()
             finally:
                 for client in self.made:
@@ -537,7 +538,7 @@ def test_send_message_every_attribute_on_the_wire(hub: Hub, spy: HubSpy, dev: st
                       content_type="application/json", output_name="out/1")
     message.correlation_id = "c/1"
     message.user_id = "user@x"
-    message.expiry_time_utc = datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    message.expiry_time_utc = datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
     message.set_as_security_message()
     message.custom_properties = {"zeta": "a+b", "alpha": 1, "sp ace": "x&y=z", "pct": "100%",
                                  "$.ctime": "x", "ünï": "çødé ✓"}
@@ -1277,15 +1278,19 @@ def test_full_offline_queue_raises_a_client_error(own_hub: dict[str, Hub], aio: 
     aio.run(body)
 
 
-def test_max_queued_messages_zero_is_refused(hub: Hub, dev: str, aio: Aio) -> None:
+def test_max_queued_messages_zero_is_refused_and_one_delivers(hub: Hub, dev: str,
+                                                             aio: Aio) -> None:
+    """As the sync test: 0 is refused, 1 delivers (checked at the hub)."""
     with pytest.raises(ValueError, match="max_queued_messages must be at least 1"):
         aio.make(dev, max_queued_messages=0)
-    client = aio.make(dev, max_queued_messages=1)
+    device_id = new_id("queue1")
+    hub.add_device(device_id)
 
     async def body() -> None:
-        await client.send_message("connected: nothing has to wait")
-        assert [m.body for m in await hub.await_telemetry(dev, 1)] == [
-            b"connected: nothing has to wait"]
+        client = aio.make(device_id, max_queued_messages=1)
+        await client.send_message("first")  # connects in the background (auto_connect)
+        await client.send_message("second")
+        assert await bodies(hub, device_id, 2) == [b"first", b"second"]
 
     aio.run(body)
 

@@ -50,6 +50,7 @@ import iotdev
 import iotdev.aio
 from iotdev import Message, MethodRequest, MethodResponse
 from iotdev._auth import build_username
+from iotdev._compat import async_timeout
 from tests._broker import Mosquitto, unique_name
 
 TIMEOUT = 10.0
@@ -338,7 +339,7 @@ def aio_client(broker: Mosquitto, device_id: str, transport: str = "tls",
 
 def run(coro: Any) -> Any:
     async def bounded() -> Any:
-        async with asyncio.timeout(60):
+        async with async_timeout(60):
             return await coro
     return asyncio.run(bounded())
 
@@ -633,7 +634,7 @@ def telemetry_cases() -> list[TelemetryCase]:
     reference = Message(b'{"t": 21.5}', message_id="msg 1", content_encoding="utf-8",
                         content_type="application/json")
     reference.correlation_id = "c/1"
-    reference.expiry_time_utc = datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    reference.expiry_time_utc = datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
     reference.custom_properties = {"zeta": "a+b", "alpha": 1, "sp ace": "x&y=z",
                                    "iothub-creation-time-utc": "2024-01-01T00:00:00Z"}
     security = Message("héllo wörld")

@@ -664,7 +664,7 @@ def _every_attribute() -> tuple[Message, str]:
                       content_type="application/json", output_name="out/1")
     message.correlation_id = "c/1"
     message.user_id = "user@x"
-    message.expiry_time_utc = datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    message.expiry_time_utc = datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
     message.set_as_security_message()
     message.custom_properties = {
         "zeta": "a+b", "alpha": 1, "sp ace": "x&y=z", "pct": "100%",
@@ -686,7 +686,7 @@ def _reference_example() -> tuple[Message, str]:
     message = Message("payload", message_id="msg 1", content_type="application/json",
                       content_encoding="utf-8")
     message.correlation_id = "c/1"
-    message.expiry_time_utc = datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    message.expiry_time_utc = datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
     message.custom_properties = {"zeta": "a+b", "alpha": 1, "sp ace": "x&y=z",
                                  "iothub-creation-time-utc": "2024-01-01T00:00:00Z"}
     bag = ("%24.mid=msg%201&%24.cid=c%2F1&%24.ct=application%2Fjson&%24.ce=utf-8"
@@ -1462,14 +1462,20 @@ def test_full_offline_queue_raises_a_client_error(own_hub: dict[str, Hub],
     assert [m.body for m in hub.wait_for_telemetry("dev", 1)] == [b"queued"]
 
 
-def test_max_queued_messages_zero_is_refused(hub: Hub, dev: str,
-                                             make: Callable[..., Client]) -> None:
-    # No queue at all would make every send while reconnecting an error: refused.
+def test_max_queued_messages_zero_is_refused_and_one_delivers(
+        hub: Hub, dev: str, make: Callable[..., Client]) -> None:
+    """Pinned both ways (the old test passed whether 0 was refused or
+    accepted, and never checked delivery): a queue of 0 could hold no
+    publish at all, so 0 is refused with a ``ValueError`` naming the option;
+    the smallest queue, 1, delivers."""
     with pytest.raises(ValueError, match="max_queued_messages must be at least 1"):
         make(dev, max_queued_messages=0)
-    client = make(dev, max_queued_messages=1)
-    client.send_message("connected: nothing has to wait")
-    assert [m.body for m in hub.wait_for_telemetry(dev, 1)] == [b"connected: nothing has to wait"]
+    device_id = new_id("queue1")
+    hub.add_device(device_id)
+    client = make(device_id, max_queued_messages=1)
+    client.send_message("first")  # connects in the background (auto_connect)
+    client.send_message("second")
+    assert [m.body for m in hub.wait_for_telemetry(device_id, 2)] == [b"first", b"second"]
 
 
 def test_no_call_hangs_while_the_hub_is_down(own_hub: dict[str, Hub],

@@ -4,6 +4,7 @@ client subcommands against a ``serve`` subprocess."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import http.client
 import json
@@ -419,8 +420,33 @@ def test_every_telemetry_waiter_wakes(hub: Hub) -> None:
 
 
 def test_stop_closes_open_connections_and_long_polls(tmp_path: Path) -> None:
-    hub = Hub(mqtt_port=0, ws_port=None, http_port=0, state_dir=tmp_path).start()
+    """``stop()`` ends a long poll that is in flight at once.  The old test
+    slept 0.3 s and could pass with no poll in flight (the request still in a
+    socket buffer is closed just the same).  Now the hub's thread is watched
+    (``threading.setprofile``, set only while the hub starts its thread) for
+    ``Router.wait_for_telemetry`` entering ``asyncio.wait_for`` (on the
+    future the next message wakes), which is what a long poll waits on:
+    nothing enters it before the request, and ``stop()`` runs only after the
+    poll has.  The hub's loop runs one thing at a time, so the poll is
+    suspended in that wait when ``stop()`` reaches the loop."""
+    from iotdev.emulator._router import Router
+
+    waiting = threading.Event()
+    wait_code = asyncio.wait_for.__code__
+    poll_code = Router.wait_for_telemetry.__code__
+
+    def watch(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code is wait_code and frame.f_back is not None \
+                and frame.f_back.f_code is poll_code:
+            waiting.set()
+
+    threading.setprofile(watch)
+    try:
+        hub = Hub(mqtt_port=0, ws_port=None, http_port=0, state_dir=tmp_path).start()
+    finally:
+        threading.setprofile(None)  # only the hub's thread, started above, is watched
     api = Api(hub)
+    assert not waiting.is_set(), "something else waits for telemetry: the proof is void"
     outcome: list[BaseException | None] = []
 
     def poll() -> None:
@@ -433,7 +459,8 @@ def test_stop_closes_open_connections_and_long_polls(tmp_path: Path) -> None:
 
     thread = threading.Thread(target=poll)
     thread.start()
-    time.sleep(0.3)
+    assert waiting.wait(TIMEOUT), "the long poll never started waiting"
+    assert not outcome  # still in flight
     started = time.monotonic()
     hub.stop()
     thread.join(TIMEOUT)

@@ -34,6 +34,7 @@ from iotdev import (
     OperationCancelled,
     OperationTimeout,
 )
+from iotdev._compat import async_timeout
 from iotdev.aio import IoTHubDeviceClient
 from iotdev.emulator import Hub
 from iotdev_mqtt import ConnAck, Connect, Publish, SubAck, encode
@@ -124,7 +125,7 @@ class AStates:
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
         try:
-            async with asyncio.timeout(timeout):
+            async with async_timeout(timeout):
                 while not predicate():
                     self._changed.clear()
                     await self._changed.wait()
@@ -150,7 +151,7 @@ def run(guard: ThreadGuard, body: Callable[[], Awaitable[Any]], deadline: float 
     """``body()`` on a new event loop whose exception handler ``guard`` watches."""
     async def main() -> Any:
         guard.watch_loop(asyncio.get_running_loop())
-        async with asyncio.timeout(deadline):
+        async with async_timeout(deadline):
             return await body()
 
     return asyncio.run(main())
@@ -403,7 +404,7 @@ def test_shutdown_from_another_thread_ends_every_operation_and_leaks_nothing(
 
         with stopwatch() as elapsed:
             await in_thread(stop)
-            async with asyncio.timeout(10):
+            async with async_timeout(10):
                 await asyncio.gather(*tasks)
             figures["took"] = elapsed()
 
@@ -473,7 +474,7 @@ def test_handlers_that_raise_block_or_call_back_neither_deadlock_nor_stall_keep_
             for n in range(10):
                 await hub.asend_c2d(dev, f"echo-{n}".encode())
             figures["method"] = await hub.ainvoke_method(dev, "ping", {"n": 1}, timeout=TIMEOUT)
-            async with asyncio.timeout(TIMEOUT + block_for):
+            async with async_timeout(TIMEOUT + block_for):
                 await done.wait()
             figures["records"] = conn.records[C2S] - records_before
             figures["errors"] = await states.wait_errors(1)
@@ -613,7 +614,7 @@ def test_c2d_flood_with_a_slow_coroutine_handler_keeps_memory_bounded(
                     baseline = tracemalloc.get_traced_memory()[0]
                     with stopwatch() as elapsed:
                         client.on_message_received = on_message
-                        async with asyncio.timeout(300):
+                        async with async_timeout(300):
                             await finished.wait()
                         figures["took"] = elapsed()
                     figures["peak"] = tracemalloc.get_traced_memory()[1] - baseline

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 import uuid
 from collections.abc import Callable
-from datetime import UTC, date, datetime
+from datetime import date, datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -109,7 +109,7 @@ def test_reference_4_1_example() -> None:
         correlation_id="c/1",
         content_type="application/json",
         content_encoding="utf-8",
-        expiry_time_utc=datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC),
+        expiry_time_utc=datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
         custom_properties={
             "zeta": "a+b",
             "alpha": 1,

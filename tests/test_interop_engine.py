@@ -23,6 +23,7 @@ from iotdev_mqtt import (
     Unsubscribed,
 )
 from tests._broker import Mosquitto, MosquittoClients, unique_name
+from tests._ci import require_module
 
 pytestmark = pytest.mark.mosquitto
 
@@ -223,7 +224,7 @@ def test_keep_alive_pings_a_real_broker(driver: Any) -> None:
 
 
 def test_pipelined_publishes_reach_paho_in_order(driver: Any, mosquitto: Mosquitto) -> None:
-    paho = pytest.importorskip("paho.mqtt.client")
+    paho: Any = require_module("paho.mqtt.client", "the test extra")
     topic = unique_name("iotdev/interop/paho")
     got: list[bytes] = []
     subscribed = threading.Event()

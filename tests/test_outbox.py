@@ -35,9 +35,12 @@ from iotdev import (
     OperationCancelled,
     OperationTimeout,
 )
+from iotdev._compat import async_timeout
 from iotdev._outbox import Outbox
 from iotdev.aio import IoTHubDeviceClient as AsyncClient
 from iotdev.emulator import Hub
+from tests._faultproxy import C2S, FaultProxy
+from tests._faultproxy import HOST as FAULT_HOST
 from tests.test_device_client_sync import (
     HubSpy,
     Recorder,
@@ -684,7 +687,7 @@ class Aio:
     def run(self, body: Callable[[], Awaitable[Any]], deadline: float = 30.0) -> Any:
         async def main() -> Any:
             try:
-                async with asyncio.timeout(deadline):
+                async with async_timeout(deadline):
                     return await body()
             finally:
                 for client in self.made:
@@ -792,16 +795,20 @@ class Child:
     (a reader thread), so every wait has a deadline."""
 
     def __init__(self, hub: Hub, device_id: str, outbox: Path, run: int, count: int,
-                 use_aio: bool, stderr: Path) -> None:
+                 use_aio: bool, stderr: Path, *, port: int | None = None,
+                 gated: bool = False) -> None:
         command = [sys.executable, str(CHILD), "--conn", hub.connection_string(device_id),
-                   "--ca", str(hub.ca_path), "--port", str(hub.mqtt_port),
+                   "--ca", str(hub.ca_path), "--port", str(port or hub.mqtt_port),
                    "--outbox", str(outbox), "--run", str(run), "--count", str(count)]
         if use_aio:
             command.append("--aio")
+        if gated:
+            command.append("--gated")
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.stderr = stderr
         with stderr.open("w") as err:
             self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err,
+                                            stdin=subprocess.PIPE if gated else None,
                                             env=env, cwd=ROOT, text=True)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.accepted: list[int] = []
@@ -836,6 +843,12 @@ class Child:
                             f"{self.stderr.read_text()}")
             if predicate(line):
                 return
+
+    def go(self) -> None:
+        """A ``gated`` child: start sending."""
+        assert self.process.stdin is not None
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
 
     def kill(self) -> None:
         self.process.kill()  # SIGKILL
@@ -908,3 +921,61 @@ def test_sigkill_at_random_moments_loses_no_accepted_message(
           f"accepted={total_accepted} stored-unreported={len(unique) - total_accepted} "
           f"publishes={len(arrived)} unique={len(unique)} "
           f"duplicates={len(arrived) - len(unique)} backlog-at-start={backlogs}")
+
+
+@pytest.mark.parametrize("use_aio", [False, True], ids=["sync", "aio"])
+def test_sigkill_inside_the_hand_off_window_loses_no_accepted_message(
+        hub: Hub, tmp_path: Path, use_aio: bool) -> None:
+    """Regression for a test that let a bug through: marking a row
+    acknowledged when it is handed to the engine (not on PUBACK) passed the
+    random kill test, because on loopback the PUBLISH reached the hub before
+    the kill.  Here a fault proxy swallows everything the client sends after
+    CONNACK: the PUBLISHes are handed over and written, none reaches the hub,
+    no PUBACK comes back, and the child is killed in that window.  Every
+    accepted message must still be in the outbox and reach the hub on the
+    next run."""
+    device_id = new_id("window")
+    hub.add_device(device_id)
+    outbox = tmp_path / "outbox.db"
+    count = 12
+    with FaultProxy((FAULT_HOST, hub.mqtt_port), name="proxy-window") as proxy:
+        child = Child(hub, device_id, outbox, 0, count, use_aio, tmp_path / "err-0",
+                      port=proxy.port, gated=True)
+        child.wait_for("connected".__eq__)
+        proxy.stall()  # from now on the client's bytes are read and discarded
+        proxy.wait_for(lambda: any(c.stalled for c in proxy.connections), TIMEOUT,
+                       "the stall")
+        child.go()
+        child.wait_for("sent".__eq__)
+        # Proof that the rows were handed to the engine and written: the
+        # proxy swallowed at least a topic's worth of bytes per message.
+        need = count * len(topic_of(device_id))
+        proxy.wait_for(lambda: sum(c.blackholed[C2S] for c in proxy.connections) >= need,
+                       TIMEOUT, "the PUBLISHes")
+        assert hub.telemetry(device_id) == []  # inside the window: nothing arrived
+        child.kill()
+        assert proxy.error is None, f"the proxy failed: {proxy.error!r}"
+    assert child.accepted == list(range(count))
+    final = Child(hub, device_id, outbox, 1, 0, use_aio, tmp_path / "err-1")
+    final.finish()
+    assert final.backlog == count, "accepted messages left the outbox without a PUBACK"
+    arrived = {message.body.decode() for message in hub.telemetry(device_id)}
+    assert {f"0:{n}" for n in range(count)} <= arrived
+
+
+def test_store_commits_puts_with_synchronous_full(open_store: Callable[..., Outbox]) -> None:
+    """Regression for a test gap: turning the ``synchronous`` pragma off (a
+    ``put()`` no longer on disk when it returns) passed every test.  SQLite's
+    own setting is read back before and after puts and deletes."""
+    store = open_store(window=4)
+    assert store.synchronous == "FULL"
+    for n in range(6):
+        store.put(TOPIC, b"%d" % n)
+        assert store.synchronous == "FULL"
+    for row in store.take():
+        store.acked(row.seq)
+    assert store.commit(force=True)
+    assert store.synchronous == "FULL"  # deletes run NORMAL, then FULL again
+    store.close()
+    with pytest.raises(ClientError):
+        store.synchronous  # noqa: B018

@@ -26,6 +26,7 @@ from iotdev.aio import MQTTClient as AsyncClient
 from iotdev.mqtt import MQTTClient
 from iotdev_mqtt import MessageReceived
 from tests._broker import CertAuthority, Mosquitto, require_program, unique_name
+from tests._ci import require_module, skip_or_fail
 
 TIMEOUT = 10.0
 
@@ -163,7 +164,7 @@ def test_server_offering_only_tls_1_1(test_ca: CertAuthority, tls_server: Any) -
         ctx = _server_context(test_ca.issue_server_cert(file_stem="tls11"),
                               maximum=ssl.TLSVersion.TLSv1_1)
     except (ssl.SSLError, ValueError) as exc:  # pragma: no cover - depends on OpenSSL
-        pytest.skip(f"this OpenSSL cannot offer TLS 1.1 at all: {exc}")
+        skip_or_fail(f"this OpenSSL cannot offer TLS 1.1 at all: {exc}")
     server = tls_server(_handshake_then_wait(ctx))
     errors = _both_drivers(server.port, test_ca.ca_cert_pem)
     assert len(errors) == 2
@@ -241,7 +242,7 @@ def test_bad_password_async(password_broker: Mosquitto) -> None:
 
 
 def _paho_peer(broker: Mosquitto, topic: str, count: int) -> tuple[Any, list[Any], Any]:
-    paho = pytest.importorskip("paho.mqtt.client")
+    paho: Any = require_module("paho.mqtt.client", "the test extra")
     got: list[Any] = []
     done = threading.Event()
     subscribed = threading.Event()

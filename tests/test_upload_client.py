@@ -255,12 +255,21 @@ def test_a_refused_blob_put_notifies_failure(hub: Hub, dev: str,
 
 
 def test_shutdown_cancels_an_upload_in_another_thread(hub: Hub, dev: str) -> None:
+    """The cancel is forced to land mid-upload (the old test also passed
+    when the upload finished first): the progress callback, which runs in the
+    uploading thread after the first piece of the first block is written,
+    holds the upload there until ``shutdown()`` has returned.  The upload
+    must then end with ``OperationCancelled`` and no blob be stored."""
     device = client(hub, dev)
     started = threading.Event()
+    shut = threading.Event()
     box: dict[str, BaseException] = {}
+    reports: list[int] = []
 
     def progress(sent: int, total: int | None) -> None:
+        reports.append(sent)
         started.set()
+        assert shut.wait(TIMEOUT), "shutdown() did not return"
 
     def run() -> None:
         try:
@@ -271,11 +280,14 @@ def test_shutdown_cancels_an_upload_in_another_thread(hub: Hub, dev: str) -> Non
     thread = threading.Thread(target=run)
     thread.start()
     assert started.wait(TIMEOUT)
-    device.shutdown()
+    device.shutdown()  # the upload is parked in its first progress report
+    shut.set()
     thread.join(TIMEOUT)
     assert not thread.is_alive()
-    # either the cancel landed mid-upload, or the upload had already finished
-    assert "error" not in box or isinstance(box["error"], OperationCancelled), box
+    assert isinstance(box.get("error"), OperationCancelled), box
+    assert len(reports) == 1 and reports[0] < 3 * BLOCK_SIZE, reports  # mid-upload
+    stored = [u for u in hub.uploads(dev) if u.blob_name.endswith("cancelled.bin")]
+    assert all(u.status != "succeeded" and u.size is None for u in stored), stored
 
 
 def test_asyncio_client_uploads(hub: Hub, dev: str) -> None:

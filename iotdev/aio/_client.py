@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from iotdev_mqtt import MessageReceived
 
 from .. import _session as hs
+from .._compat import async_timeout
 from .._errors import NoConnectionError, OperationCancelled, OperationTimeout
 from .._face import CLOSED, ClientFace, deprecated
 from .._hubclient import HubConfig, check_update_sastoken
@@ -75,7 +76,7 @@ class IoTHubDeviceClient(ClientFace):
     async def _bounded(self, awaitable: Any, timeout: float | None, what: str) -> Any:
         limit = self._config.operation_timeout if timeout is None else timeout
         try:
-            async with asyncio.timeout(limit):
+            async with async_timeout(limit):
                 return await awaitable
         except TimeoutError:
             raise OperationTimeout(f"{what} did not complete within {limit:g} s") from None

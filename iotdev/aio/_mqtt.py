@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from iotdev_mqtt import MessageReceived, Will, topic_matches
 
+from .._compat import async_timeout
 from .._errors import OperationTimeout
 from ..mqtt import client_setup
 from ..transport._asyncio import AsyncDriver
@@ -174,7 +175,7 @@ class MessageStream:
 
 async def _bounded(awaitable: Any, timeout: float | None, what: str) -> Any:
     try:
-        async with asyncio.timeout(timeout):
+        async with async_timeout(timeout):
             return await awaitable
     except TimeoutError:
         raise OperationTimeout(f"{what} did not complete within {timeout} s") from None

@@ -98,7 +98,7 @@ class ProvisioningDeviceClient(ProvisioningClientBase):
                 try:
                     item = await asyncio.wait_for(
                         inbox.get(), None if due is None else max(0.0, due - loop.time()))
-                except TimeoutError:
+                except (TimeoutError, asyncio.TimeoutError):  # distinct on 3.10
                     flow.tick(loop.time())
                     continue
                 if isinstance(item, BaseException):
@@ -160,5 +160,5 @@ async def _bounded(awaitable: Awaitable[Any], deadline: float | None, what: str)
     limit = 2 * DEFAULT_REQUEST_TIMEOUT if deadline is None else deadline - loop.time()
     try:
         return await asyncio.wait_for(awaitable, max(0.0, limit))
-    except TimeoutError:
+    except (TimeoutError, asyncio.TimeoutError):  # distinct on 3.10
         raise OperationTimeout(f"{what} did not complete in time") from None

@@ -19,12 +19,42 @@ Command line: ``iotdev-hub serve`` / ``python -m iotdev.emulator serve``.
 
 from __future__ import annotations
 
-from ._dps import Dps
-from ._edge import EdgeDevice
-from ._files import FileUpload
-from ._hub import Hub, MethodResult
-from ._observer import HubConnection, HubObserver, Verdict
-from ._store import C2DMessage, Device, Module, TelemetryMessage, Twin
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._dps import Dps
+    from ._edge import EdgeDevice
+    from ._files import FileUpload
+    from ._hub import Hub, MethodResult
+    from ._observer import HubConnection, HubObserver, Verdict
+    from ._store import C2DMessage, Device, Module, TelemetryMessage, Twin
 
 __all__ = ["C2DMessage", "Device", "Dps", "EdgeDevice", "FileUpload", "Hub", "HubConnection",
            "HubObserver", "MethodResult", "Module", "TelemetryMessage", "Twin", "Verdict"]
+
+# Loaded on first use, so that ``iotdev-hub --help`` (and the CLI's service
+# commands) work on an install without the emulator's packages, and so that a
+# missing one is a ``MissingDependencyError`` naming ``iotdev[emulator]``
+# rather than a ``ModuleNotFoundError`` from deep inside.
+_WHERE = {"Dps": "_dps", "EdgeDevice": "_edge", "FileUpload": "_files", "Hub": "_hub",
+          "MethodResult": "_hub", "HubConnection": "_observer", "HubObserver": "_observer",
+          "Verdict": "_observer", "C2DMessage": "_store", "Device": "_store",
+          "Module": "_store", "TelemetryMessage": "_store", "Twin": "_store"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from .._deps import require
+
+    for package in ("cryptography", "h11", "wsproto"):
+        require(package, "the emulator (iotdev.emulator)")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -64,7 +64,7 @@ from xml.sax.saxutils import escape
 
 from ._http import HTTPAPI, Request, Response, ServiceError
 
-_UTC = datetime.timezone.utc  # noqa: UP017 (datetime.UTC is 3.11+)
+_UTC = datetime.timezone.utc
 
 __all__ = [
     "BLOB_SAS_VERSION",

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import ec
 
-_UTC = datetime.timezone.utc  # noqa: UP017 (datetime.UTC is 3.11+)
+_UTC = datetime.timezone.utc
 
 __all__ = ["CertPaths", "ensure_certificates"]
 

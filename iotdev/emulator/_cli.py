@@ -1,9 +1,11 @@
 """``iotdev-hub`` / ``python -m iotdev.emulator``: run the local IoT Hub, and
 talk to a running one through its HTTPS service API.
 
-    iotdev-hub serve --state ./hub --device thermostat-1 --device sensor-2:<base64 key>
+    iotdev-hub serve --device thermostat-1 --device sensor-2:KEY -v
     iotdev-hub demo
+    iotdev-hub --version
 
+    iotdev-hub connection-string thermostat-1
     iotdev-hub devices
     iotdev-hub twin thermostat-1
     iotdev-hub desired thermostat-1 '{"rate": 5}'
@@ -13,18 +15,29 @@ talk to a running one through its HTTPS service API.
     iotdev-hub uploads [thermostat-1] [--json]
 
 The client subcommands take ``--url`` (default ``https://127.0.0.1:8443``,
-what ``serve`` listens on by default) and ``--ca`` (default
-``./iotdev-hub-state/ca.pem``, what ``serve`` writes by default), and use only
-the standard library.  Exit codes: 0 done, 1 the service answered an error
-(its status and message are printed), 2 a usage or connection error.
+what ``serve`` listens on by default) and ``--state`` (the folder ``serve``
+was given, default ``./iotdev-hub-state``) or ``--ca`` (default
+``STATE/ca.pem``), and use only the standard library.  Exit codes: 0 done,
+1 the service answered an error (its status and message are printed), 2 a
+usage or connection error.
+
+``serve`` reports every bad input on one line and exits with 2 (a bad
+``--device``, a state path that is a file or cannot be written, a corrupt state
+file, missing ``cryptography``) or 3 (a port it cannot listen on, with the
+reason and what to do); it warns when a ``--device ID:KEY`` disagrees with the
+key stored in the state folder (the stored one stays).  ``-v`` / ``--log-level``
+set the emulator's log level (logs go to stderr).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import errno
 import http.client
 import json
+import logging
+import os
 import shutil
 import signal
 import ssl
@@ -38,6 +51,9 @@ from urllib.parse import quote, urlencode, urlsplit
 
 __all__ = ["main"]
 
+EXIT_USAGE = 2
+EXIT_LISTEN = 3
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_STATE = Path("iotdev-hub-state")
 DEFAULT_HTTP_PORT = 8443
 DEFAULT_URL = f"https://127.0.0.1:{DEFAULT_HTTP_PORT}"
@@ -49,24 +65,38 @@ _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    formatter = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog="iotdev-hub", description="A local Azure IoT Hub "
-                                     "emulator: run and test device code with no cloud account.")
+                                     "emulator: run and test device code with no cloud account.",
+                                     formatter_class=formatter)
+    parser.add_argument("--version", action="version", version=f"iotdev-hub {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the emulator until SIGINT or SIGTERM")
+    logs = argparse.ArgumentParser(add_help=False)
+    logs.add_argument("-v", "--verbose", action="count", default=0,
+                      help="log more to stderr: -v INFO (connections, refusals with the "
+                      "reason, subscriptions, telemetry), -vv DEBUG")
+    logs.add_argument("--log-level", choices=LOG_LEVELS, type=str.upper, default=None,
+                      help="log level (overrides -v; default WARNING)")
+    serve = sub.add_parser("serve", parents=[logs], formatter_class=formatter,
+                           help="run the emulator until SIGINT or SIGTERM")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--hub-name", default="iotdev-hub.local", help="the hub's host name")
-    serve.add_argument("--mqtt-port", type=int, default=8883, help="MQTT over TLS")
+    serve.add_argument("--mqtt-port", type=int, default=8883,
+                       help="MQTT over TLS (0: a free port)")
     serve.add_argument("--ws-port", type=int, default=443,
-                       help="MQTT over TLS WebSocket (0: a free port, -1: off)")
+                       help="MQTT over TLS WebSocket and the device HTTPS API (file upload); "
+                       "0: a free port, -1: off.  Ports under 1024 need root")
     serve.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT,
-                       help="HTTPS service API, no authentication (default "
-                       f"{DEFAULT_HTTP_PORT}; 0: a free port, -1: off)")
+                       help="HTTPS service API, no authentication (0: a free port, -1: off)")
     serve.add_argument("--http-allow-remote", action="store_true",
                        help="serve the unauthenticated service API on a non-loopback --host")
     serve.add_argument("--state", type=Path, default=DEFAULT_STATE,
                        help="state folder (CA, certificates, registry, twins)")
     serve.add_argument("--device", action="append", default=[], metavar="ID[:KEY]",
-                       help="register a device (repeatable); a missing key is generated")
+                       help="register a device (repeatable); a missing key is generated, "
+                       "KEY is base64 of 16 to 64 bytes")
     serve.add_argument("--module", action="append", default=[], metavar="DEVICE/MODULE[:KEY]",
                        help="register a module identity (repeatable; the device too if new)")
     serve.add_argument("--edge", action="append", default=[], metavar="DEVICE",
@@ -75,13 +105,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--route", action="append", default=[], metavar="[DEVICE:]NAME=ROUTE",
                        help="an Edge route, e.g. 'up=FROM /messages/* INTO $upstream' "
                        "(repeatable; replaces the device's stored routes)")
-    sub.add_parser("demo", help="the emulator and a sample device, narrated (make demo)")
+    sub.add_parser("demo", parents=[logs], formatter_class=formatter,
+                   help="the emulator and a sample device, narrated (make demo)")
 
     client = argparse.ArgumentParser(add_help=False)
     client.add_argument("--url", default=DEFAULT_URL,
-                        help=f"the running emulator's service API (default {DEFAULT_URL})")
-    client.add_argument("--ca", type=Path, default=DEFAULT_STATE / "ca.pem",
-                        help="its CA certificate (default ./iotdev-hub-state/ca.pem)")
+                        help="the running emulator's service API")
+    client.add_argument("--state", type=Path, default=DEFAULT_STATE,
+                        help="the state folder the emulator was started with (for its CA)")
+    client.add_argument("--ca", type=Path, default=None,
+                        help="its CA certificate (default: STATE/ca.pem, which serve writes)")
     c2d = sub.add_parser("c2d", parents=[client], help="send a cloud-to-device message")
     c2d.add_argument("device")
     c2d.add_argument("body", help="the message (text; '-' reads bytes from stdin)")
@@ -118,6 +151,9 @@ def _parser() -> argparse.ArgumentParser:
     edge_env.add_argument("--state", type=Path, default=DEFAULT_STATE,
                           help="the serving emulator's state folder")
     edge_env.add_argument("--json", action="store_true", help="one JSON object")
+    connection = sub.add_parser("connection-string", parents=[client],
+                                help="print a device's connection string")
+    connection.add_argument("device")
     uploads = sub.add_parser("uploads", parents=[client],
                              help="list the file uploads devices started")
     uploads.add_argument("device", nargs="?", default=None)
@@ -131,13 +167,29 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``iotdev-hub`` with ``argv`` (default ``sys.argv[1:]``); the exit code."""
     args = _parser().parse_args(argv)
+    if args.command in ("demo", "serve"):
+        _configure_logging(args)
+    if args.command in ("demo", "serve", "edge-env", "dps"):
+        try:
+            _check_dependencies()
+        except _UsageError as exc:
+            print(f"iotdev-hub {args.command}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     if args.command == "demo":
         from ._demo import run_demo
 
         return run_demo()
     if args.command == "serve":
-        return _serve(args)
+        try:
+            return _serve(args)
+        except _UsageError as exc:
+            print(f"iotdev-hub serve: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except _ListenError as exc:
+            print(f"iotdev-hub serve: {exc}", file=sys.stderr)
+            return EXIT_LISTEN
     if args.command == "edge-env":
         from ._edge_cli import edge_env
 
@@ -147,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_dps_command(args)
     try:
-        client = _ServiceClient(args.url, args.ca)
+        client = _ServiceClient(args.url, args.ca or args.state / "ca.pem")
         return _COMMANDS[args.command](client, args)
     except _UsageError as exc:
         print(f"iotdev-hub {args.command}: {exc}", file=sys.stderr)
@@ -158,33 +210,119 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _configure_logging(args: argparse.Namespace) -> None:
+    level = args.log_level or {0: "WARNING", 1: "INFO"}.get(args.verbose, "DEBUG")
+    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+
+def _check_dependencies() -> None:
+    """The emulator's packages, checked before anything starts."""
+    from .._deps import MissingDependencyError, require
+
+    try:
+        require("cryptography", "the emulator (it makes its CA and certificates)")
+        require("h11", "the emulator (its HTTPS APIs)")
+    except MissingDependencyError as exc:
+        raise _UsageError(str(exc)) from None
+
+
+def _parse_device(spec: str) -> tuple[str, str | None]:
+    """``ID[:KEY]`` checked as IoT Hub checks them (``_UsageError`` otherwise)."""
+    from ._records import validate_device_id, validate_key
+
+    device_id, sep, key = spec.partition(":")
+    try:
+        validate_device_id(device_id)
+        if sep:
+            validate_key("KEY", key)
+    except ValueError as exc:
+        raise _UsageError(f"--device {spec!r}: {exc} (expected ID or ID:KEY, KEY the "
+                          "base64 of 16 to 64 bytes)") from None
+    return device_id, (key if sep else None)
+
+
+def _prepare_state(state: Path) -> None:
+    """The state folder exists (or can be made) and can be written."""
+    try:
+        if state.exists() and not state.is_dir():
+            raise _UsageError(f"--state {state}: is a file, not a folder")
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise _UsageError(f"--state {state}: cannot create the folder: "
+                          f"{exc.strerror or exc}") from None
+    if not os.access(state, os.W_OK | os.X_OK):
+        raise _UsageError(f"--state {state}: the folder is not writable by this user")
+
+
+def _listen_error(exc: OSError, args: argparse.Namespace) -> _ListenError:
+    reason = exc.strerror or str(exc)
+    ports = [f"--mqtt-port {args.mqtt_port}", f"--ws-port {args.ws_port}",
+             f"--http-port {args.http_port}"]
+    hint = ""
+    if exc.errno == errno.EACCES:
+        low = [p for p in ports if 0 < int(p.rsplit(" ", 1)[1]) < 1024]
+        hint = (f"; ports under 1024 ({', '.join(low) or 'none given'}) need root or "
+                "CAP_NET_BIND_SERVICE: pass a port over 1023, 0 for a free one or -1 "
+                "to turn a listener off (e.g. --ws-port 0)")
+    elif exc.errno == errno.EADDRINUSE:
+        hint = (f"; another program uses one of {', '.join(ports)} on {args.host}: stop it, "
+                "or pick other ports (0: a free one)")
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        hint = f"; {args.host} is not an address of this machine (--host)"
+    return _ListenError(f"cannot listen on {args.host}: {reason}{hint}")
+
+
 def _serve(args: argparse.Namespace) -> int:
     from ._hub import Hub
 
+    for name in ("mqtt_port", "ws_port", "http_port"):
+        value = getattr(args, name)
+        low = 0 if name == "mqtt_port" else -1
+        if not low <= value <= 65535:
+            raise _UsageError(f"--{name.replace('_', '-')} {value}: expected "
+                              f"{low} to 65535")
+    devices = [_parse_device(spec) for spec in args.device]
+    _prepare_state(args.state)
     try:
         hub = Hub(hub_name=args.hub_name, host=args.host, mqtt_port=args.mqtt_port,
                   ws_port=None if args.ws_port == -1 else args.ws_port, state_dir=args.state,
                   http_port=None if args.http_port == -1 else args.http_port,
                   http_allow_remote=args.http_allow_remote)
     except ValueError as exc:
-        print(f"iotdev-hub: {exc}", file=sys.stderr)
-        return 2
-    for spec in args.device:
-        device_id, _, key = spec.partition(":")
-        if hub.store.device(device_id) is None:
-            hub.add_device(device_id, primary_key=key or None)
+        raise _UsageError(str(exc)) from None
+    except OSError as exc:
+        raise _UsageError(f"--state {args.state}: {exc.strerror or exc}"
+                          + (f" ({exc.filename})" if exc.filename else "")) from None
+    for device_id, key in devices:
+        stored = hub.store.device(device_id)
+        try:
+            if stored is None:
+                hub.add_device(device_id, primary_key=key)
+            elif key is not None and key not in (stored.primary_key, stored.secondary_key):
+                print(f"iotdev-hub serve: warning: --device {device_id}:KEY differs from "
+                      f"the key stored in {args.state} for {device_id!r}; the stored key "
+                      f"stays (start with a new --state, or remove {args.state}, to "
+                      "change it)", file=sys.stderr)
+        except ValueError as exc:
+            raise _UsageError(f"--device {device_id}: {exc}") from None
+        except OSError as exc:
+            raise _UsageError(f"--state {args.state}: cannot save the registry: "
+                              f"{exc.strerror or exc}") from None
     from ._edge_cli import print_modules, register_modules
 
     if register_modules(hub, args) != 0:
-        return 2
+        return EXIT_USAGE
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     try:
         hub.start()
     except OSError as exc:
-        print(f"iotdev-hub: cannot listen: {exc}", file=sys.stderr)
-        return 2
+        if exc.filename is not None:  # a file, not a socket
+            raise _UsageError(f"--state {args.state}: {exc.strerror or exc} "
+                              f"({exc.filename})") from None
+        raise _listen_error(exc, args) from None
     ca = args.state / "ca.pem"
     if hub.ca_path.resolve() != ca.resolve():
         shutil.copyfile(hub.ca_path, ca)
@@ -200,6 +338,7 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"iotdev-hub: {device.device_id}: "
                   f"{hub.connection_string(device.device_id)}")
     print_modules(hub, args)
+    print("iotdev-hub: ready (Ctrl-C stops)")
     sys.stdout.flush()
     stop.wait()
     hub.stop()
@@ -212,6 +351,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 class _UsageError(Exception):
     """Bad arguments, or the emulator cannot be reached: exit code 2."""
+
+
+class _ListenError(Exception):
+    """A listener could not be opened: exit code 3."""
 
 
 class _ServiceFailure(Exception):
@@ -242,7 +385,8 @@ class _ServiceClient:
         self.prefix = parts.path.rstrip("/")
         if not ca.is_file():
             raise _UsageError(f"CA certificate {ca} not found: start `iotdev-hub serve` "
-                              "(it writes STATE/ca.pem) or pass --ca")
+                              "(it writes STATE/ca.pem), or pass the --state it was started "
+                              "with, or --ca")
         try:
             self.context = ssl.create_default_context(cafile=str(ca))
         except (OSError, ssl.SSLError) as exc:
@@ -399,6 +543,16 @@ def _devices(client: _ServiceClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _connection_string(client: _ServiceClient, args: argparse.Namespace) -> int:
+    device = client.request("GET", _path("devices", args.device))
+    key = ((device.get("authentication") or {}).get("symmetricKey") or {}).get("primaryKey")
+    if not key:
+        raise _UsageError(f"device {args.device!r} authenticates with X.509: it has no "
+                          "connection string with a key")
+    print(f"HostName={client.host};DeviceId={args.device};SharedAccessKey={key}")
+    return 0
+
+
 def _uploads(client: _ServiceClient, args: argparse.Namespace) -> int:
     path = _path("devices", args.device, "files") if args.device else "/files"
     uploads = client.request("GET", path)
@@ -483,5 +637,6 @@ _COMMANDS = {
     "desired": _desired,
     "telemetry": _telemetry,
     "devices": _devices,
+    "connection-string": _connection_string,
     "uploads": _uploads,
 }

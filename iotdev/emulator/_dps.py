@@ -107,7 +107,7 @@ class Attestation:
 
 
 def _iso(epoch: float) -> str:
-    moment = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)  # noqa: UP017 (3.10)
+    moment = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 

@@ -59,7 +59,7 @@ from .._errors import ClientError
 from ..transport._layer import Layer, Stack
 from ..transport._tls import TLSLayer
 
-_UTC = datetime.timezone.utc  # noqa: UP017 (datetime.UTC is 3.11+)
+_UTC = datetime.timezone.utc
 
 __all__ = [
     "HTTPAPI",

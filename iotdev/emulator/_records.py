@@ -316,7 +316,7 @@ def normalise_thumbprints(values: Iterable[str]) -> tuple[str, ...]:
 
 
 def iso_time(now: float) -> str:
-    moment = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)  # noqa: UP017 (3.10)
+    moment = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

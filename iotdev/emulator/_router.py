@@ -537,7 +537,7 @@ class Router:
             self._telemetry_waiters.add(waiter)
             try:
                 await asyncio.wait_for(waiter, remaining)
-            except asyncio.TimeoutError:  # noqa: UP041 (not TimeoutError on 3.10)
+            except asyncio.TimeoutError:
                 return False
             finally:
                 self._telemetry_waiters.discard(waiter)
@@ -573,7 +573,7 @@ class Router:
         conn.flush()
         try:
             return await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:  # noqa: UP041 (not TimeoutError on 3.10)
+        except asyncio.TimeoutError:
             return MethodResult(504, {"errorCode": 504101, "message":
                                       f"timed out waiting for the response from {key}"})
         finally:

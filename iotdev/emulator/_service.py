@@ -596,7 +596,7 @@ def _merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 
 
 def _iso(epoch: float) -> str:
-    moment = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)  # noqa: UP017
+    moment = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

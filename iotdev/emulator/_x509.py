@@ -15,7 +15,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-_UTC = datetime.timezone.utc  # noqa: UP017 (datetime.UTC is 3.11+)
+_UTC = datetime.timezone.utc
 
 __all__ = ["DeviceCertificate", "issue_device_certificate", "thumbprints"]
 

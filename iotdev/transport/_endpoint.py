@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from iotdev_mqtt._records import field, mutable_record
 
+from .._deps import require
 from .._errors import (
     ConnectionFailedError,
     ConnectionRefusedByHostError,
@@ -44,6 +45,12 @@ class Endpoint:
         ws_path: the WebSocket request path.
         proxy: ``ProxyOptions`` or ``None``.
         connect_timeout: seconds for TCP connect plus every handshake.
+
+    Raises (constructor):
+        ValueError: an unknown transport, a TLS transport without a context, a
+            port outside 1..65535.
+        MissingDependencyError: ``"websockets"`` without wsproto (or h11)
+            installed.
     """
 
     host: str
@@ -64,6 +71,9 @@ class Endpoint:
             raise ValueError(f"transport {self.transport!r} needs a tls_context")
         if not isinstance(self.port, int) or not 0 < self.port < 65536:
             raise ValueError(f"port must be an int from 1 to 65535, got {self.port!r}")
+        if self.transport == "websockets":  # here, not in the I/O thread at connect
+            require("wsproto", "websockets=True (MQTT over WebSocket)")
+            require("h11", "websockets=True (MQTT over WebSocket)")
 
     @property
     def dial_address(self) -> tuple[str, int]:

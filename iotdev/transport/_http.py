@@ -5,9 +5,11 @@ Theory of operation
 The exchange logic is written once, as generators ("flows") that *yield I/O
 operations* and receive their results: ``Connect``, ``Send``, ``Receive``,
 ``Close``, ``Sleep``, ``Progress`` and ``Deadline``.  Nothing here touches a
-socket or a clock.  Two small drivers perform the operations: ``run_sync`` on
+socket or a clock.  Running a flow is decided once, in ``_Steps``: the next
+operation and its time limit, cancellation, and the translation of a failed
+operation.  Two small drivers only perform the operations: ``run_sync`` on
 blocking sockets in the caller's thread, ``run_async`` with asyncio streams on
-the caller's loop.  A failed operation is translated once, by the driver, into
+the caller's loop.  A failed operation is translated once, by ``_Steps``, into
 an ``iotdev`` error (``ConnectionFailedError`` and subclasses for connecting,
 ``ConnectionDroppedError`` for a broken connection, ``OperationTimeout``) and
 thrown into the flow, which may retry (``_upload.py`` does, with back-off).
@@ -45,6 +47,7 @@ from typing import Any, TypeVar
 
 import h11
 
+from .._compat import async_timeout
 from .._errors import (
     ClientError,
     ConnectionDroppedError,
@@ -449,74 +452,122 @@ def _translate(op: Operation, exc: BaseException, session: HTTPSession,
     return exc
 
 
-def _deadline_error(deadline: tuple[float, float, str]) -> OperationTimeout:
-    return OperationTimeout(f"{deadline[2]} did not complete within {deadline[1]:g} s")
+class _Steps:
+    """Running a flow, decided once for both drivers: which operation is next
+    and its time limit (the current ``Deadline``), cancellation, and the
+    ``iotdev`` error a failed operation becomes.  The drivers only perform
+    the operations.
+
+    Args:
+        flow: the flow.
+        session: its connections and cancellation.
+        clock: monotonic seconds (``time.monotonic`` or the loop's clock).
+    """
+
+    def __init__(self, flow: Flow[Any], session: HTTPSession,
+                 clock: Callable[[], float]) -> None:
+        self.flow = flow
+        self.session = session
+        self.clock = clock
+        self.deadline: tuple[float, float, str] | None = None  # (at, seconds, what)
+        self.result: Any = None
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def next(self) -> tuple[Operation, float | None] | None:
+        """The next operation to perform and the seconds left for it
+        (``None``: no bound); ``None`` when the flow has finished (its value
+        is ``result``).  Errors the flow does not handle propagate."""
+        while True:
+            try:
+                op = self.flow.send(self._value) if self._error is None else \
+                    self.flow.throw(self._error)
+            except StopIteration as stop:
+                self.result = stop.value
+                return None
+            self._value, self._error = None, None
+            if self.session.cancelled is not None:
+                self._error = OperationCancelled(self.session.cancelled)
+                continue
+            if isinstance(op, Deadline):
+                self.deadline = None if op.seconds is None else (
+                    self.clock() + op.seconds, op.seconds, op.what)
+                continue
+            limit: float | None = None
+            if self.deadline is not None:
+                limit = self.deadline[0] - self.clock()
+                if limit <= 0 and not isinstance(op, Close | Progress):
+                    self._error = self._deadline_error()
+                    continue
+            return op, limit
+
+    def performed(self, value: Any) -> None:
+        """The operation succeeded with ``value``."""
+        if self.session.cancelled is not None:  # the socket was shut under us
+            self._error = OperationCancelled(self.session.cancelled)
+        else:
+            self._value = value
+
+    def failed(self, op: Operation, exc: BaseException) -> None:
+        """The operation raised ``exc``: the flow gets its ``iotdev`` error."""
+        deadline = self.deadline
+        if deadline is not None and isinstance(exc, TimeoutError) \
+                and self.clock() >= deadline[0] - 0.001:
+            self._error = self._deadline_error()
+        else:
+            self._error = _translate(op, exc, self.session,
+                                     deadline[2] if deadline else "HTTP exchange")
+
+    def finish(self) -> list[HTTPConnection]:
+        """Close the flow; the connections whose handles the driver must close."""
+        self.flow.close()
+        return [conn for conn in self.session.connections.values() if conn.handle is not None]
+
+    def _deadline_error(self) -> OperationTimeout:
+        assert self.deadline is not None
+        return OperationTimeout(
+            f"{self.deadline[2]} did not complete within {self.deadline[1]:g} s")
+
+
+def _bounded(timeout: float, limit: float | None) -> float:
+    """An operation's own timeout, cut to what the deadline leaves."""
+    return timeout if limit is None else max(0.001, min(timeout, limit))
 
 
 def run_sync(flow: Flow[T], session: HTTPSession,
              progress: Callable[[int, int | None], Any] | None = None) -> T:
     """Run ``flow`` on blocking sockets in this thread; closes the session's
     connections at the end."""
-    deadline: tuple[float, float, str] | None = None  # (at, seconds, what)
-    value: Any = None
-    error: BaseException | None = None
+    steps = _Steps(flow, session, time.monotonic)
     try:
-        while True:
+        while (step := steps.next()) is not None:
+            op, limit = step
             try:
-                op = flow.send(value) if error is None else flow.throw(error)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            value, error = None, None
-            if session.cancelled is not None:
-                error = OperationCancelled(session.cancelled)
-                continue
-            if isinstance(op, Deadline):
-                deadline = None if op.seconds is None else (
-                    time.monotonic() + op.seconds, op.seconds, op.what)
-                continue
-            limit: float | None = None
-            if deadline is not None:
-                limit = deadline[0] - time.monotonic()
-                if limit <= 0 and not isinstance(op, Close | Progress):
-                    error = _deadline_error(deadline)
-                    continue
-            try:
-                value = _perform_sync(op, limit, session, progress)
-                if session.cancelled is not None:  # the socket was shut under us
-                    error = OperationCancelled(session.cancelled)
+                steps.performed(_perform_sync(op, limit, session, progress))
             except Exception as exc:
-                if deadline is not None and isinstance(exc, TimeoutError | socket.timeout) \
-                        and time.monotonic() >= deadline[0] - 0.001:
-                    error = _deadline_error(deadline)
-                else:
-                    error = _translate(op, exc, session, deadline[2] if deadline else
-                                       "HTTP exchange")
+                steps.failed(op, exc)
+        return steps.result  # type: ignore[no-any-return]
     finally:
-        flow.close()
-        for conn in session.connections.values():
-            if conn.handle is not None:
-                conn.handle.close()
-                conn.handle = None
+        for conn in steps.finish():
+            conn.handle.close()
+            conn.handle = None
 
 
 def _perform_sync(op: Operation, limit: float | None, session: HTTPSession,
                   progress: Callable[[int, int | None], Any] | None) -> Any:
-    def bound(timeout: float) -> float:
-        return timeout if limit is None else max(0.001, min(timeout, limit))
-
     if isinstance(op, Send):
         sock: socket.socket = op.conn.handle
-        sock.settimeout(bound(op.timeout))
+        sock.settimeout(_bounded(op.timeout, limit))
         sock.sendall(op.data)
         return None
     if isinstance(op, Receive):
         sock = op.conn.handle
-        sock.settimeout(bound(op.timeout))
+        sock.settimeout(_bounded(op.timeout, limit))
         return sock.recv(RECEIVE_SIZE)
     if isinstance(op, Connect):
         endpoint = op.conn.endpoint
         sock = socket.create_connection(endpoint.dial_address,
-                                        timeout=bound(endpoint.connect_timeout))
+                                        timeout=_bounded(endpoint.connect_timeout, limit))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with session._lock:
             op.conn.handle = sock
@@ -543,67 +594,36 @@ async def run_async(flow: Flow[T], session: HTTPSession,
                     progress: Callable[[int, int | None], Any] | None = None) -> T:
     """Run ``flow`` with asyncio streams on the running loop; closes the
     session's connections at the end.  ``progress`` may be a coroutine function."""
-    loop = asyncio.get_running_loop()
-    deadline: tuple[float, float, str] | None = None
-    value: Any = None
-    error: BaseException | None = None
+    steps = _Steps(flow, session, asyncio.get_running_loop().time)
     try:
-        while True:
+        while (step := steps.next()) is not None:
+            op, limit = step
             try:
-                op = flow.send(value) if error is None else flow.throw(error)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            value, error = None, None
-            if session.cancelled is not None:
-                error = OperationCancelled(session.cancelled)
-                continue
-            if isinstance(op, Deadline):
-                deadline = None if op.seconds is None else (
-                    loop.time() + op.seconds, op.seconds, op.what)
-                continue
-            limit: float | None = None
-            if deadline is not None:
-                limit = deadline[0] - loop.time()
-                if limit <= 0 and not isinstance(op, Close | Progress):
-                    error = _deadline_error(deadline)
-                    continue
-            try:
-                value = await _perform_async(op, limit, session, progress)
-                if session.cancelled is not None:  # the socket was shut under us
-                    error = OperationCancelled(session.cancelled)
+                steps.performed(await _perform_async(op, limit, session, progress))
             except Exception as exc:
-                if deadline is not None and isinstance(exc, TimeoutError) \
-                        and loop.time() >= deadline[0] - 0.001:
-                    error = _deadline_error(deadline)
-                else:
-                    error = _translate(op, exc, session, deadline[2] if deadline else
-                                       "HTTP exchange")
+                steps.failed(op, exc)
+        return steps.result  # type: ignore[no-any-return]
     finally:
-        flow.close()
-        for conn in session.connections.values():
-            if conn.handle is not None:
-                conn.handle[1].transport.abort()
-                conn.handle = None
+        for conn in steps.finish():
+            conn.handle[1].transport.abort()
+            conn.handle = None
 
 
 async def _perform_async(op: Operation, limit: float | None, session: HTTPSession,
                          progress: Callable[[int, int | None], Any] | None) -> Any:
-    def bound(timeout: float) -> float:
-        return timeout if limit is None else max(0.001, min(timeout, limit))
-
     if isinstance(op, Send):
         writer: asyncio.StreamWriter = op.conn.handle[1]
         writer.write(op.data)
-        async with asyncio.timeout(bound(op.timeout)):
+        async with async_timeout(_bounded(op.timeout, limit)):
             await writer.drain()
         return None
     if isinstance(op, Receive):
         reader: asyncio.StreamReader = op.conn.handle[0]
-        async with asyncio.timeout(bound(op.timeout)):
+        async with async_timeout(_bounded(op.timeout, limit)):
             return await reader.read(RECEIVE_SIZE)
     if isinstance(op, Connect):
         host, port = op.conn.endpoint.dial_address
-        async with asyncio.timeout(bound(op.conn.endpoint.connect_timeout)):
+        async with async_timeout(_bounded(op.conn.endpoint.connect_timeout, limit)):
             op.conn.handle = await asyncio.open_connection(host, port, limit=RECEIVE_SIZE)
         sock = op.conn.handle[1].get_extra_info("socket")
         if sock is not None:

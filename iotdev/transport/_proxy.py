@@ -22,8 +22,7 @@ import base64
 import ipaddress
 from typing import Final, NoReturn
 
-import h11
-
+from .._deps import require
 from .._errors import ConnectionDroppedError, ProxyAuthenticationError, ProxyError
 from ._layer import Layer
 
@@ -95,6 +94,8 @@ class ProxyOptions:
             the option).
         TypeError: ``proxy_addr``, ``proxy_username`` or ``proxy_password`` of
             the wrong type.
+        MissingDependencyError: an HTTP proxy without h11 installed (SOCKS
+            proxies need no third-party package).
 
     As v2, ``"http"`` is refused; unlike v2 a ``bool`` is not taken for
     PySocks' ``SOCKS4`` (``True == 1``).  ``repr()`` never shows the password.
@@ -111,6 +112,8 @@ class ProxyOptions:
         proxy_password: str | None = None,
     ) -> None:
         self._type = _proxy_type_name(proxy_type)
+        if self._type == "HTTP":
+            require("h11", "ProxyOptions(proxy_type='HTTP')")
         if not isinstance(proxy_addr, str) or not proxy_addr:
             raise TypeError(f"proxy_addr must be a non-empty str, not {proxy_addr!r}")
         self._addr = proxy_addr
@@ -367,6 +370,8 @@ class HttpConnectLayer(_HandshakeLayer):
                 raise ValueError("an HTTP Basic user name cannot contain ':'")
             token = f"{username}:{password or ''}".encode()
             headers.append(("Proxy-Authorization", "Basic " + base64.b64encode(token).decode()))
+        import h11  # only HTTP proxies need it (ProxyOptions checked it is there)
+
         self._h11 = h11.Connection(h11.CLIENT)
         try:
             request = self._h11.send(h11.Request(method="CONNECT", target=authority,
@@ -381,6 +386,8 @@ class HttpConnectLayer(_HandshakeLayer):
         self._out += self._request
 
     def _handshake_data(self, data: bytes) -> bytes | None:
+        import h11
+
         conn = self._h11
         response: h11.Response | None = None
         try:

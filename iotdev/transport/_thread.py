@@ -16,12 +16,15 @@ writability).  Engine events resolve futures (``PublishAcked`` by token,
 state changes): user callbacks never run on the I/O thread and never under a
 lock, so a slow handler cannot stall keep-alive.
 
-Reconnection: on any loss (EOF, socket error, protocol violation, keep-alive
-timeout) the socket is closed and the engine told (``connection_lost()``).
-With the policy enabled the driver waits (back-off with jitter), refreshes
-credentials and connects again with clean session 0; the engine re-sends
-unacknowledged publishes with DUP=1, and their futures stay pending across the
-gap.  CONNACK 4/5 stops the retries unless credentials are refreshable.
+Every decision (engine event to completion, error translation, when to
+retry, what to fail) is the shared ``DriverCore``'s (``_core.py``), as in the
+asyncio driver: this module is the I/O around it (the selector loop, the
+socket, the wake-up pair, the handler thread, back-pressure) and the
+``DriverIO`` hooks the core calls.  Reconnection: on any loss the core closes
+the connection and, with the policy enabled, asks for an attempt after the
+back-off (``retry_in``), which ``_turn`` opens when it is due; the engine
+re-sends unacknowledged publishes with DUP=1, and their futures stay pending
+across the gap.
 """
 
 from __future__ import annotations
@@ -38,34 +41,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from iotdev_mqtt import (
-    ClientConnection,
-    Connected,
-    ConnectionLost,
-    ConnectRefused,
-    Event,
-    MessageReceived,
-    ProtocolError,
-    PublishAcked,
-    PublishFailed,
-    QueueFull,
-    RequestFailed,
-    State,
-    Subscribed,
-    Unsubscribed,
-)
+from iotdev_mqtt import MessageReceived
 
-from .._errors import (
-    ClientError,
-    ConnectionDroppedError,
-    ConnectionFailedError,
-    ConnectTimeoutError,
-    CredentialError,
-    OperationCancelled,
-)
+from .._errors import ClientError, OperationCancelled
+from ._core import DriverCore, settle
 from ._endpoint import Endpoint, map_connect_error
-from ._layer import Stack
-from ._options import ConnectOptions, ReconnectPolicy, connack_error
+from ._options import ConnectOptions, ReconnectPolicy
 
 __all__ = ["Completion", "ThreadDriver"]
 
@@ -179,6 +160,8 @@ class ThreadDriver:
         intercept: called on the I/O thread with each message first; returning
             ``True`` consumes it.  For responses that resolve a waiting caller
             (which may itself be a handler): keep it short, never block.
+        on_io_state: called on the I/O thread at the very moment the
+            connection comes up (``True``) or goes down (``False``).
         engine_options: passed to ``ClientConnection``.
     """
 
@@ -203,8 +186,8 @@ class ThreadDriver:
         self.on_message = on_message
         self.on_state = on_state
         self.on_error = on_error
-        self._engine_options = engine_options
-        self.engine = ClientConnection(**engine_options)
+        self.core: DriverCore[Completion] = DriverCore(
+            self, endpoint, options, self.reconnect, random.Random(), engine_options)
         self._commands: deque[Callable[[], None]] = deque()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -212,17 +195,10 @@ class ThreadDriver:
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._sock: socket.socket | None = None
-        self._stack: Stack | None = None
         self._pending_out = b""
         self._mask = selectors.EVENT_READ
-        self._handshake_deadline: float | None = None
         self._retry_at: float | None = None
-        self._attempt = 0
-        self._want_connected = False
         self._connect_future: Completion | None = None
-        self._publishes: dict[int, Completion] = {}
-        self._qos0: list[Completion] = []
-        self._requests: dict[int, Completion] = {}
         self._stopping = False
         # Checking _stopping and queueing a command are one step under this
         # lock: a call racing shutdown() is either queued before the stop
@@ -231,9 +207,6 @@ class ThreadDriver:
         self._backlog = 0  # bytes of messages queued for the handler thread
         self._backlog_lock = threading.Lock()
         self._reading_paused = False
-        self._connected = False
-        self._ever_connected = False
-        self._rng = random.Random()
         self._timers: dict[str, tuple[float, Callable[[], None]]] = {}
         self._thread = threading.Thread(target=self._run, name="iotdev-io", daemon=True)
         self._handlers: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
@@ -244,7 +217,11 @@ class ThreadDriver:
 
     @property
     def connected(self) -> bool:
-        return self._connected
+        return self.core.connected
+
+    @property
+    def _want_connected(self) -> bool:
+        return self.core.want_connected
 
     @property
     def handler_thread(self) -> threading.Thread | None:
@@ -254,8 +231,7 @@ class ThreadDriver:
     @property
     def reconnecting(self) -> bool:
         """Connected before, dropped, and retrying (operations wait for it)."""
-        return (not self._connected and self._want_connected and self._ever_connected
-                and self.reconnect.enabled)
+        return self.core.reconnecting
 
     def _submit(self, command: Callable[[], None], *, last: bool = False) -> None:
         with self._submit_lock:
@@ -292,19 +268,19 @@ class ThreadDriver:
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> Completion:
         """Queue a publish; the future resolves on PUBACK/PUBCOMP (QoS 0: once
-        written)."""
+        written).  Its errors are the core's (``_core.py``)."""
         fut = Completion()
-        self._submit(lambda: self._cmd_publish(fut, topic, payload, qos, retain))
+        self._submit(lambda: self.core.publish(fut, topic, payload, qos, retain))
         return fut
 
     def subscribe(self, subscriptions: list[tuple[str, int]]) -> Completion:
         fut = Completion()
-        self._submit(lambda: self._cmd_request(fut, "subscribe", subscriptions))
+        self._submit(lambda: self.core.request(fut, "subscribe", subscriptions))
         return fut
 
     def unsubscribe(self, topic_filters: list[str]) -> Completion:
         fut = Completion()
-        self._submit(lambda: self._cmd_request(fut, "unsubscribe", topic_filters))
+        self._submit(lambda: self.core.request(fut, "unsubscribe", topic_filters))
         return fut
 
     def reauthorize(self) -> Completion:
@@ -313,19 +289,6 @@ class ThreadDriver:
         fut = Completion()
         self._submit(lambda: self._cmd_reauthorize(fut))
         return fut
-
-    def _cmd_reauthorize(self, fut: Completion) -> None:
-        if self._sock is None:
-            fut.set_result(None)
-            return
-        self._goodbye()
-        self._close_socket("reauthorizing with new credentials", report=True)
-        if self._connect_future is None or self._connect_future.done():
-            self._connect_future = fut
-        else:
-            self._connect_future.add_done_callback(lambda f: _copy(f, fut))
-        self._want_connected = True
-        self._retry_at = time.monotonic()
 
     def disconnect(self) -> Completion:
         """Send DISCONNECT, close, and stop reconnecting."""
@@ -371,8 +334,32 @@ class ThreadDriver:
                     except Exception:
                         log.exception("on_error raised")
 
-    def _report_state(self, connected: bool, reason: str | None) -> None:
-        self._connected = connected
+    # ------------------------------------------------ DriverIO (the core's hooks)
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def drop_transport(self) -> None:
+        sock = self._sock
+        if sock is not None:
+            try:
+                self._selector.unregister(sock)
+            except (KeyError, ValueError):
+                pass
+            sock.close()
+            self._sock = None
+        self._pending_out = b""
+
+    def deliver(self, event: MessageReceived) -> None:
+        if self.intercept is not None and self.intercept(event):
+            return  # consumed on the I/O thread (e.g. a response a caller awaits)
+        if self.on_message is not None:
+            size = len(event.payload) + MESSAGE_OVERHEAD
+            with self._backlog_lock:
+                self._backlog += size
+            self._dispatch(functools.partial(self._deliver, self.on_message, event, size))
+
+    def state_changed(self, connected: bool, reason: str | None) -> None:
         if connected:
             log.info("connected to %s", self.endpoint.describe())
         else:
@@ -382,21 +369,31 @@ class ThreadDriver:
                 self.on_io_state(connected)
             except Exception as exc:
                 log.exception("on_io_state raised")
-                self._report_error(exc)
+                self.report(exc)
         if self.on_state is not None:
             on_state = self.on_state
             self._dispatch(lambda: on_state(connected, reason))
 
-    def _report_error(self, exc: BaseException) -> None:
+    def report(self, exc: BaseException) -> None:
         if self.on_error is not None:
             on_error = self.on_error
             self._dispatch(lambda: on_error(exc))
 
+    def attempt_ended(self, error: BaseException | None) -> None:
+        if error is not None:
+            log.debug("connection attempt to %s failed: %s", self.endpoint.describe(), error)
+        settle(self._connect_future, error=error)
+
+    def retry_in(self, delay: float) -> None:
+        self._retry_at = time.monotonic() + delay
+        log.info("reconnecting to %s in %.1f s (attempt %d)", self.endpoint.describe(), delay,
+                 self.core.attempts)
+
     # --------------------------------------------------------------- commands
 
     def _cmd_connect(self, fut: Completion) -> None:
-        self._want_connected = True
-        if self.engine.state is State.CONNECTED:
+        self.core.want_connection()
+        if self.core.connected:
             fut.set_result(None)
             return
         if self._connect_future is not None and not self._connect_future.done():
@@ -404,82 +401,45 @@ class ThreadDriver:
             return
         self._connect_future = fut
         if self._sock is None:
-            self._attempt = 0
             self._retry_at = time.monotonic()
 
-    def _cmd_publish(self, fut: Completion, topic: str, payload: bytes, qos: int,
-                     retain: bool) -> None:
-        try:
-            token = self.engine.publish(topic, payload, qos, retain, now=time.monotonic())
-        except QueueFull as exc:
-            error = ClientError(f"the outgoing queue is full ({exc.reason}); the connection "
-                                "is down or too slow: retry later")
-            error.__cause__ = exc
-            fut.set_exception(error)
+    def _cmd_reauthorize(self, fut: Completion) -> None:
+        if self._sock is None:
+            fut.set_result(None)
             return
-        except ProtocolError as exc:
-            fut.set_exception(exc)
-            return
-        if qos == 0:
-            self._qos0.append(fut)
+        self._goodbye()
+        self.core.close("reauthorizing with new credentials", report=True)
+        if self._connect_future is None or self._connect_future.done():
+            self._connect_future = fut
         else:
-            self._publishes[token] = fut
-
-    def _cmd_request(self, fut: Completion, kind: str, arg: Any) -> None:
-        if self.engine.state is not State.CONNECTED:
-            fut.set_exception(ConnectionDroppedError(f"cannot {kind}: not connected"))
-            return
-        try:
-            if kind == "subscribe":
-                pid = self.engine.subscribe(arg, now=time.monotonic())
-            else:
-                pid = self.engine.unsubscribe(arg, now=time.monotonic())
-        except ProtocolError as exc:
-            fut.set_exception(exc)
-            return
-        self._requests[pid] = fut
+            self._connect_future.add_done_callback(lambda f: _copy(f, fut))
+        self.core.want_connected = True
+        self._retry_at = time.monotonic()
 
     def _cmd_disconnect(self, fut: Completion) -> None:
-        self._want_connected = False
         self._retry_at = None
         self._goodbye()
-        self._close_socket("disconnected by the application", report=True)
-        cancelled = OperationCancelled("disconnect() was called")
-        if self._connect_future is not None and not self._connect_future.done():
-            self._connect_future.set_exception(cancelled)
-        self._fail_pending(cancelled)
+        self.core.stop("disconnected by the application",
+                       OperationCancelled("disconnect() was called"))
         fut.set_result(None)
 
     def _goodbye(self) -> None:
         """Send DISCONNECT (and a clean close of the layers), waiting briefly
         for the socket to take it."""
-        sock, stack = self._sock, self._stack
-        if sock is None or stack is None or self.engine.state is not State.CONNECTED:
+        sock = self._sock
+        if sock is None:
             return
-        self.engine.disconnect(now=time.monotonic())
+        data = self._pending_out + self.core.goodbye()
         try:
-            stack.send(self.engine.data_to_send())
-            stack.close()
-            data = self._pending_out + stack.data_to_send()
             sock.settimeout(1.0)
             sock.sendall(data)
-        except (OSError, ClientError):
+        except OSError:
             pass
         self._pending_out = b""
 
     def _cmd_shutdown(self) -> None:
-        self._want_connected = False
         self._goodbye()
-        self._close_socket("shut down", report=self._connected)
-        cancelled = OperationCancelled("the client was shut down")
-        for fut in [*self._publishes.values(), *self._qos0, *self._requests.values()]:
-            if not fut.done():
-                fut.set_exception(cancelled)
-        if self._connect_future is not None and not self._connect_future.done():
-            self._connect_future.set_exception(cancelled)
-        self._publishes.clear()
-        self._qos0.clear()
-        self._requests.clear()
+        self.core.stop("shut down", OperationCancelled("the client was shut down"))
         raise _Stop
 
     # ---------------------------------------------------------------- I/O loop
@@ -495,7 +455,7 @@ class ThreadDriver:
             self._stopping = True
             error = ClientError(f"the I/O thread failed: {exc!r}")
             error.__cause__ = exc
-            waiting = [*self._publishes.values(), *self._qos0, *self._requests.values()]
+            waiting = self.core.pending()
             if self._connect_future is not None:
                 waiting.append(self._connect_future)
             for fut in waiting:
@@ -504,15 +464,14 @@ class ThreadDriver:
                 self._commands.popleft()
             if self._sock is not None:
                 self._sock.close()
-            self._report_error(exc)
+            self.report(exc)
         finally:
             self._selector.close()
             self._wake_r.close()
             self._wake_w.close()
 
     def _timeout(self, now: float) -> float | None:
-        deadlines = [d for d in (self.engine.next_deadline() if self._sock else None,
-                                 self._handshake_deadline, self._retry_at) if d is not None]
+        deadlines = [d for d in (self.core.next_deadline(), self._retry_at) if d is not None]
         deadlines += [when for when, _ in self._timers.values()]
         if not deadlines:
             return None
@@ -539,110 +498,52 @@ class ThreadDriver:
                         fn()
                     except Exception as exc:  # a timer callback must not kill I/O
                         log.exception("timer %s raised", name)
-                        self._report_error(exc)
+                        self.report(exc)
         if self._retry_at is not None and now >= self._retry_at and self._sock is None:
             self._retry_at = None
-            self._open()
-        if self._handshake_deadline is not None and now >= self._handshake_deadline:
-            self._fail_attempt(ConnectTimeoutError(
-                f"handshake with {self.endpoint.describe()} took longer than "
-                f"{self.endpoint.connect_timeout:g} s"))
-        if self._sock is not None and self._stack is not None and self._stack.established:
-            deadline = self.engine.next_deadline()
-            if deadline is not None and now >= deadline:
-                self._handle(self.engine.tick(now))
+            if self.core.want_connected:
+                self._open()
+        deadline = self.core.next_deadline()
+        if deadline is not None and now >= deadline:
+            self.core.tick()
         self._flush()
 
     def _open(self) -> None:
         """One connection attempt: TCP connect (blocking, bounded), then the
         handshakes run in the loop."""
-        self._attempt += 1
         endpoint = self.endpoint
         try:
             sock = socket.create_connection(endpoint.dial_address,
                                             timeout=endpoint.connect_timeout)
         except OSError as exc:
-            self._fail_attempt(map_connect_error(exc, endpoint), exc)
+            self.core.fail_attempt(map_connect_error(exc, endpoint), exc)
             return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
         self._sock = sock
         self._selector.register(sock, selectors.EVENT_READ)
         self._mask = selectors.EVENT_READ
-        self._handshake_deadline = time.monotonic() + endpoint.connect_timeout
-        self._stack = endpoint.stack()
-        try:
-            self._stack.start()
-        except ClientError as exc:
-            self._fail_attempt(exc)
-            return
-        self._maybe_start_mqtt()
-
-    def _maybe_start_mqtt(self) -> None:
-        stack = self._stack
-        if stack is None or not stack.established or self.engine.state is not State.DISCONNECTED:
-            return
-        try:
-            creds = self.options.current_credentials()
-        except Exception as exc:
-            self._fail_attempt(ClientError(f"the credentials callable failed: {exc}"), exc)
-            return
-        self._handle(self.engine.connect(
-            self.options.client_id, now=time.monotonic(),
-            clean_session=self.options.clean_session,
-            keep_alive=self.options.keep_alive, username=creds.username,
-            password=creds.password, will=self.options.will,
-        ))
+        self.core.begin(endpoint.stack())
 
     def _read(self) -> None:
-        sock, stack = self._sock, self._stack
-        if sock is None or stack is None:
+        sock = self._sock
+        if sock is None:
             return
         try:
             data = sock.recv(262144)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
-            self._lost(f"socket error: {exc}", exc)
+            self.core.lost(f"socket error: {exc}", exc)
             return
-        try:
-            app = stack.receive_data(data)
-            if not stack.established:
-                if not data:
-                    raise ConnectionDroppedError(
-                        f"{self.endpoint.describe()} closed the connection during the handshake")
-                return
-            if self.engine.state is State.DISCONNECTED:
-                self._maybe_start_mqtt()
-            if app:
-                self._handle(self.engine.receive_data(app, now=time.monotonic()))
-        except ProtocolError as exc:
-            events = getattr(exc, "events", ())
-            self._handle(list(events))
-            self._lost(f"protocol violation by the server: {exc}", exc)
-            return
-        except ClientError as exc:
-            if self._connected:
-                self._lost(str(exc), exc)
-            else:
-                self._fail_attempt(exc)
-            return
-        if not data or stack.closed:
-            self._lost("the server closed the connection")
+        self.core.receive(data)
 
     def _flush(self) -> None:
-        sock, stack = self._sock, self._stack
-        if sock is None or stack is None:
+        sock = self._sock
+        if sock is None:
             return
-        if stack.established and self.engine.state is State.DISCONNECTED:
-            self._maybe_start_mqtt()
-        try:
-            out = self.engine.data_to_send()
-            if out:
-                stack.send(out)
-            raw = stack.data_to_send()
-        except ClientError as exc:
-            self._lost(str(exc), exc)
+        raw = self.core.outgoing()
+        if self._sock is not sock:
             return
         data = self._pending_out + raw if self._pending_out else raw
         if data:
@@ -651,14 +552,12 @@ class ThreadDriver:
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError as exc:
-                self._lost(f"socket error: {exc}", exc)
+                self.core.lost(f"socket error: {exc}", exc)
                 return
             self._pending_out = data[sent:]
         self._update_interest(sock)
-        if self._qos0 and not self._pending_out:
-            for fut in self._qos0:
-                fut.set_result(None)
-            self._qos0.clear()
+        if not self._pending_out:
+            self.core.written()
 
     def _update_interest(self, sock: socket.socket) -> None:
         """Select the socket for writing while bytes wait, and for reading
@@ -694,140 +593,6 @@ class ThreadDriver:
                     self._wake_w.send(b"\0")
                 except (BlockingIOError, OSError):
                     pass
-
-    # ------------------------------------------------------------- the engine
-
-    def _handle(self, events: list[Event]) -> None:
-        for event in events:
-            if isinstance(event, PublishAcked):
-                fut = self._publishes.pop(event.token, None)
-                if fut is not None:
-                    fut.set_result(None)
-            elif isinstance(event, MessageReceived):
-                if self.intercept is not None and self.intercept(event):
-                    continue  # consumed on the I/O thread (e.g. a response a caller awaits)
-                if self.on_message is not None:
-                    size = len(event.payload) + MESSAGE_OVERHEAD
-                    with self._backlog_lock:
-                        self._backlog += size
-                    self._dispatch(functools.partial(self._deliver, self.on_message, event,
-                                                     size))
-            elif isinstance(event, Subscribed):
-                req = self._requests.pop(event.packet_id, None)
-                if req is not None:
-                    req.set_result(event.return_codes)
-            elif isinstance(event, Unsubscribed):
-                req = self._requests.pop(event.packet_id, None)
-                if req is not None:
-                    req.set_result(None)
-            elif isinstance(event, Connected):
-                self._connected_now()
-            elif isinstance(event, ConnectRefused):
-                error = connack_error(event.return_code, self.endpoint.describe())
-                if event.return_code in (1, 2) or (
-                    isinstance(error, CredentialError) and not self.options.refreshable
-                ):
-                    self._want_connected = False  # retrying cannot help
-                self._fail_attempt(error)
-            elif isinstance(event, ConnectionLost):
-                self._lost(event.reason)
-            elif isinstance(event, PublishFailed):
-                fut = self._publishes.pop(event.token, None)
-                if fut is not None:
-                    fut.set_exception(ConnectionDroppedError(event.reason))
-            elif isinstance(event, RequestFailed):
-                req = self._requests.pop(event.packet_id, None)
-                if req is not None:
-                    req.set_exception(ConnectionDroppedError(event.reason))
-
-    def _connected_now(self) -> None:
-        self._handshake_deadline = None
-        self._attempt = 0
-        self._ever_connected = True
-        if self._connect_future is not None and not self._connect_future.done():
-            self._connect_future.set_result(None)
-        self._report_state(True, None)
-
-    # ---------------------------------------------------------- losing and retry
-
-    def _close_socket(self, reason: str, *, report: bool) -> None:
-        sock = self._sock
-        if sock is not None:
-            try:
-                self._selector.unregister(sock)
-            except (KeyError, ValueError):
-                pass
-            sock.close()
-            self._sock = None
-        self._stack = None
-        self._pending_out = b""
-        self._handshake_deadline = None
-        if self.engine.state is not State.DISCONNECTED:
-            self._handle(self.engine.connection_lost())
-        was = self._connected
-        if report and was:
-            self._report_state(False, reason)
-        self._connected = False
-
-    def _lost(self, reason: str, exc: BaseException | None = None) -> None:
-        """The connection is gone (before CONNACK 0 this fails the attempt)."""
-        if self._sock is None:
-            return
-        if not self._connected:
-            error = exc if isinstance(exc, ClientError) else ConnectionDroppedError(
-                f"{self.endpoint.describe()}: {reason} (while connecting)")
-            self._fail_attempt(error, exc if exc is not error else None)
-            return
-        self._close_socket(reason, report=True)
-        # Say why, as azure-iot-device v2 does: the state change carries no
-        # reason, and a server that breaks the protocol after CONNACK would
-        # otherwise go unreported.
-        dropped = ConnectionDroppedError(f"connection lost: {reason}")
-        dropped.__cause__ = exc
-        self._report_error(dropped)
-        if self.reconnect.enabled and self._want_connected:
-            self._schedule_retry()
-        else:
-            self._want_connected = False
-            self._fail_pending(ConnectionDroppedError(f"connection lost: {reason}"))
-
-    def _fail_attempt(self, error: ClientError, cause: BaseException | None = None) -> None:
-        """A connection attempt failed before CONNACK 0.  The first connect()
-        reports it to the caller; a reconnection retries (policy permitting)."""
-        if cause is not None and error.__cause__ is None:
-            error.__cause__ = cause
-        log.debug("connection attempt to %s failed: %s", self.endpoint.describe(), error)
-        if isinstance(error, ConnectionDroppedError):  # dropped before CONNACK: a failure
-            failed = ConnectionFailedError(str(error))
-            failed.__cause__ = error
-            error = failed
-        self._close_socket(str(error), report=False)
-        if self._connect_future is not None and not self._connect_future.done():
-            self._connect_future.set_exception(error)
-        if self.reconnect.enabled and self._want_connected and self._ever_connected:
-            self._report_error(error)
-            self._schedule_retry()
-            return
-        self._want_connected = False
-        self._fail_pending(error)
-
-    def _schedule_retry(self) -> None:
-        delay = self.reconnect.delay(self._attempt + 1, self._rng)
-        self._retry_at = time.monotonic() + delay
-        log.info("reconnecting to %s in %.1f s (attempt %d)", self.endpoint.describe(), delay,
-                 self._attempt + 1)
-
-    def _fail_pending(self, error: BaseException) -> None:
-        """Give up: every waiting operation gets ``error`` and the session is
-        dropped (a later connect() starts afresh)."""
-        for fut in [*self._publishes.values(), *self._qos0, *self._requests.values()]:
-            if not fut.done():
-                fut.set_exception(error)
-        self._publishes.clear()
-        self._qos0.clear()
-        self._requests.clear()
-        self.engine = ClientConnection(**self._engine_options)
-        self._ever_connected = False
 
 
 class _Stop(Exception):

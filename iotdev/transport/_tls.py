@@ -3,7 +3,10 @@ client context that every iotdev connection uses.
 
 Context rules (azure-iot-device compatible, stricter where it matters): TLS 1.2
 minimum, certificate and host name verification always on, trust anchors from
-``server_verification_cert`` (a PEM string) when given, else certifi's bundle;
+``server_verification_cert`` (a PEM string) when given, else the operating
+system's store (``load_default_certs()``, what azure-iot-device v2 uses) plus
+certifi's bundle when certifi is installed (so a container or board without a
+CA bundle still reaches IoT Hub, and a private root the OS trusts still works);
 an optional cipher list (an OpenSSL string, or a list of names joined with
 ``:`` after upper-casing and ``_`` -> ``-`` as v2 does); an optional client
 certificate (``X509``).
@@ -39,7 +42,8 @@ def make_client_context(
 
     Args:
         server_verification_cert: PEM text of the trust anchor(s) to use instead
-            of certifi's bundle (e.g. a test CA, or an IoT Edge gateway's root).
+            of the OS store and certifi's bundle (e.g. a test CA, or an IoT Edge
+            gateway's root).
         cipher: OpenSSL cipher list string, or a list of cipher names.
         x509: client certificate for X.509 authentication.
 
@@ -60,9 +64,13 @@ def make_client_context(
         except (ssl.SSLError, ValueError) as exc:
             raise ValueError(f"server_verification_cert is not usable PEM: {exc}") from exc
     else:
-        import certifi  # imported here: only clients that use the default trust need it
-
-        ctx.load_verify_locations(cafile=certifi.where())
+        ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)  # the OS store, as v2 does
+        try:
+            import certifi  # imported here: only clients that use the default trust need it
+        except ModuleNotFoundError:  # installed with --no-deps: the OS store alone
+            pass
+        else:
+            ctx.load_verify_locations(cafile=certifi.where())
     if cipher is not None:
         try:
             ctx.set_ciphers(_cipher_string(cipher))
