@@ -37,6 +37,7 @@ NOT_ON_IMPORT = {
         "iotdev.transport._ws", "iotdev.transport._proxy", "iotdev.transport._http",
         "iotdev._upload", "iotdev._outbox", "iotdev.emulator", "iotdev_mqtt._server",
         "dataclasses", "inspect", "ast", "dis", "uuid", "platform", "pathlib", "ctypes",
+        "importlib.util",
     },
 }
 
