@@ -22,7 +22,7 @@ figure is a new module that calls ``harness.register``):
 ``bench/device.py`` -- ``c2d-latency``, ``import``, ``rss-threads``
     C2D delivery latency (median, p99), import time and modules, RSS and
     threads after connect; the helpers the publish figures share.
-``bench/scale.py`` -- ``scale-100``, ``scale-1000``, ``scale-5000``
+``bench/scale.py`` -- ``scale-100``, ``scale-1000``, ``scale-5000``, ``scale-10000``
     N asyncio device clients in one process against the emulator in another:
     connect time, RSS, CPU per device, 1 msg/s each.
 ``bench/module.py`` -- ``module-outputs``
@@ -42,7 +42,7 @@ from __future__ import annotations
 FIGURE_ORDER: tuple[str, ...] = (
     "codec", "engine-pair", "engine-pair-sync", "tls-1by1", "tls-pipelined", "wss-1by1",
     "wss-pipelined", "c2d-latency", "import", "rss-threads", "scale-100", "scale-1000",
-    "scale-5000",
+    "scale-5000", "scale-10000",
 )
 
 # Figures that are planned but may not exist yet: ``--only NAME`` on one of

@@ -10,7 +10,7 @@ package is still loaded only when a connection needs it.
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 
 __all__ = ["REQUIREMENTS", "MissingDependencyError", "require"]
 
@@ -47,7 +47,11 @@ def require(package: str, feature: str) -> None:
         MissingDependencyError: the package is not installed; the message names
             the feature and the ``pip install`` argument that brings it.
     """
-    if importlib.util.find_spec(package) is not None:
+    if sys.modules.get(package) is not None:  # loaded (None: blocked)
+        return
+    from importlib.util import find_spec  # not on import: 3 modules for the client
+
+    if find_spec(package) is not None:
         return
     what = REQUIREMENTS.get(package, package)
     if what.startswith("iotdev["):

@@ -50,6 +50,7 @@ __all__ = [
     "is_twin_desired_patch_topic",
     "method_request_topic",
     "method_response_topic",
+    "new_request_id",
     "parse_c2d_topic",
     "parse_input_topic",
     "parse_method_request_topic",
@@ -207,9 +208,29 @@ def decode_property_bag(bag: str) -> list[tuple[str, str | None]]:
     pairs: list[tuple[str, str | None]] = []
     for entry in bag.split("&"):
         parts = entry.split("=")
-        value = unquote(parts[1]) if len(parts) > 1 else None
-        pairs.append((unquote(parts[0]), value))
+        value = _unquote(parts[1], _VALUES) if len(parts) > 1 else None
+        pairs.append((_unquote(parts[0], _KEYS), value))
     return pairs
+
+
+# Quoted keys (``%24.mid``) and values (``$.to``: ``%2Fdevices%2F...``) repeat
+# from message to message: unquoted once (``unquote`` is ~2 us a call on the
+# C2D delivery path), at most _UNQUOTED_MAX of each kept.
+_KEYS: dict[str, str] = {}
+_VALUES: dict[str, str] = {}
+_UNQUOTED_MAX = 256
+
+
+def _unquote(text: str, cache: dict[str, str]) -> str:
+    if "%" not in text:
+        return text
+    done = cache.get(text)
+    if done is None:
+        done = unquote(text)
+        if len(cache) >= _UNQUOTED_MAX:
+            cache.clear()
+        cache[text] = done
+    return done
 
 
 def split_received_properties(
@@ -666,3 +687,11 @@ def parse_twin_desired_patch_topic(topic: str) -> int | None:
         return None
     version_text = params.get("version", "")
     return int(version_text) if _VERSION.fullmatch(version_text) else None
+
+
+def new_request_id() -> str:
+    """A fresh ``$rid``: a random UUID4 as text (``uuid`` loads ``platform``
+    and ``_uuid``: imported on the first request, not with the client)."""
+    from uuid import uuid4
+
+    return str(uuid4())

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from iotdev_mqtt._records import field, mutable_record
 
 from ._auth import (
     ConnectionString,
@@ -49,7 +50,7 @@ PRESIGNED_MAX_AGE = 30.0  # seconds a token signed ahead may wait for its CONNEC
 OUTBOX_WINDOW = 64  # outbox rows in flight at most (capped by max_queued_messages)
 
 
-@dataclass
+@mutable_record
 class HubConfig:
     """Everything a client needs to connect, validated."""
 

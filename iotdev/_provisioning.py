@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import enum
 import json
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
+
+from iotdev_mqtt._records import record, set_field
 
 from . import _dps_topics as topics
 from ._errors import OperationTimeout, ProvisioningServiceError
+from ._hub_topics import new_request_id
 
 __all__ = [
     "Phase",
@@ -222,12 +223,19 @@ _TRANSITIONS: dict[tuple[Phase, str], Phase] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Request:
     """One PUBLISH to send (QoS 1)."""
 
+    __match_args__ = ("topic", "payload")
+    __slots__ = __match_args__
+
     topic: str
     payload: bytes
+
+    def __init__(self, topic: str, payload: bytes) -> None:
+        set_field(self, "topic", topic)
+        set_field(self, "payload", payload)
 
 
 class ProvisioningFlow:
@@ -266,7 +274,7 @@ class ProvisioningFlow:
         self.request_timeout = request_timeout
         self.polling_interval = polling_interval
         self.max_backoff = max_backoff
-        self._make_rid = make_rid or (lambda: str(uuid.uuid4()))
+        self._make_rid = make_rid or new_request_id
         self._jitter = jitter or (lambda delay: delay)
         self.phase = Phase.IDLE
         self.result: RegistrationResult | None = None

@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from iotdev_mqtt._records import field, mutable_record
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -32,7 +32,7 @@ _OUR_OPTIONS = ("port",)  # iotdev: dial another port than 8883/443 (emulators, 
 CACHE_VERSION = 1
 
 
-@dataclass
+@mutable_record
 class ProvisioningConfig:
     """A validated provisioning client configuration."""
 
@@ -141,7 +141,8 @@ def read_cache(path: str | os.PathLike[str],
     """The cached assignment for this registration, or ``None`` (no file, a
     file for another registration, or one that cannot be read)."""
     try:
-        document = json.loads(Path(path).read_text(encoding="utf-8"))
+        with open(path, encoding="utf-8") as handle:
+            document = json.load(handle)
     except (OSError, ValueError):
         return None
     if not isinstance(document, dict) or document.get("version") != CACHE_VERSION or \
@@ -165,10 +166,10 @@ def write_cache(path: str | os.PathLike[str], config: ProvisioningConfig,
     Raises:
         OSError: the file cannot be written.
     """
-    target = Path(path)
+    target = os.fspath(path)
     document = {"version": CACHE_VERSION, "key": _cache_key(config),
                 "result": result.to_operation_status(), "written": time.time()}
-    tmp = target.with_name(target.name + ".tmp")
+    tmp = target + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(document, handle)

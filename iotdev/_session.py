@@ -74,10 +74,10 @@ key renews by reconnecting (``Reauthorize``); a user token is asked for once
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
+
+from iotdev_mqtt._records import record, set_field
 
 from . import _hub_topics as topics
 from ._errors import ClientError, ConnectionDroppedError, ServiceError
@@ -101,12 +101,19 @@ RENEW_FRACTION = 0.2  # of the token's lifetime, when that is shorter
 RENEW_FLOOR = 5.0  # never renew sooner than this after a token was issued
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Identity:
     """Whose session this is: a device, or a module of a device."""
 
+    __match_args__ = ("device_id", "module_id")
+    __slots__ = __match_args__
+
     device_id: str
-    module_id: str | None = None
+    module_id: str | None
+
+    def __init__(self, device_id: str, module_id: str | None = None) -> None:
+        set_field(self, "device_id", device_id)
+        set_field(self, "module_id", module_id)
 
     def messages_filter(self) -> str:
         if self.module_id:
@@ -125,93 +132,159 @@ class Identity:
 # ------------------------------------------------------------------- outputs
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Publish:
     """Send ``payload`` to ``topic`` at QoS 1; report ``published(ref, error)``
     when a twin request (``ref`` is its request id) is acknowledged or fails."""
 
+    __match_args__ = ("topic", "payload", "ref")
+    __slots__ = __match_args__
+
     topic: str
     payload: bytes
-    ref: str | None = None
+    ref: str | None
+
+    def __init__(self, topic: str, payload: bytes, ref: str | None = None) -> None:
+        set_field(self, "topic", topic)
+        set_field(self, "payload", payload)
+        set_field(self, "ref", ref)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Subscribe:
     """SUBSCRIBE to ``filters`` (one per feature, QoS 1); report
     ``subscribed(key, codes)`` or ``subscribe_failed(key, error)``."""
+
+    __match_args__ = ("key", "features", "filters")
+    __slots__ = __match_args__
 
     key: int
     features: tuple[str, ...]
     filters: tuple[str, ...]
 
+    def __init__(self, key: int, features: tuple[str, ...], filters: tuple[str, ...]) -> None:
+        set_field(self, "key", key)
+        set_field(self, "features", features)
+        set_field(self, "filters", filters)
 
-@dataclass(frozen=True, slots=True)
+
+@record
 class Unsubscribe:
     """UNSUBSCRIBE from ``filters`` (the features the application dropped)."""
+
+    __match_args__ = ("features", "filters")
+    __slots__ = __match_args__
 
     features: tuple[str, ...]
     filters: tuple[str, ...]
 
+    def __init__(self, features: tuple[str, ...], filters: tuple[str, ...]) -> None:
+        set_field(self, "features", features)
+        set_field(self, "filters", filters)
 
-@dataclass(frozen=True, slots=True)
+
+@record
 class Reauthorize:
     """Reconnect at once; the new CONNECT carries a token fresh from the key."""
 
+    __match_args__ = ()
+    __slots__ = __match_args__
 
-@dataclass(frozen=True, slots=True)
+
+@record
 class TokenRequired:
     """Ask the application for a new SAS token (``on_new_sastoken_required``)."""
 
+    __match_args__ = ()
+    __slots__ = __match_args__
 
-@dataclass(frozen=True, slots=True)
+
+@record
 class Received:
     """Deliver ``value`` of ``feature``: to its handler (``api`` false) or to the
     inbox named ``inbox`` (``messages``, ``input:{name}``, ``method:{name}``,
     ``desired``)."""
+
+    __match_args__ = ("feature", "value", "api", "inbox")
+    __slots__ = __match_args__
 
     feature: str
     value: Any
     api: bool
     inbox: str
 
+    def __init__(self, feature: str, value: Any, api: bool, inbox: str) -> None:
+        set_field(self, "feature", feature)
+        set_field(self, "value", value)
+        set_field(self, "api", api)
+        set_field(self, "inbox", inbox)
 
-@dataclass(frozen=True, slots=True)
+
+@record
 class TwinDone:
     """Twin request ``rid`` ended: with ``result`` (GET: the twin; PATCH:
     ``None``) or with ``error``."""
 
+    __match_args__ = ("rid", "result", "error")
+    __slots__ = __match_args__
+
     rid: str
-    result: Any = None
-    error: BaseException | None = None
+    result: Any
+    error: BaseException | None
+
+    def __init__(self, rid: str, result: Any = None, error: BaseException | None = None) -> None:
+        set_field(self, "rid", rid)
+        set_field(self, "result", result)
+        set_field(self, "error", error)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Problem:
     """An error nobody waits for: for ``on_background_exception``."""
 
+    __match_args__ = ("error",)
+    __slots__ = __match_args__
+
     error: BaseException
+
+    def __init__(self, error: BaseException) -> None:
+        set_field(self, "error", error)
 
 
 Output = Publish | Subscribe | Unsubscribe | Reauthorize | TokenRequired | Received | TwinDone \
     | Problem
 
 
-@dataclass(slots=True)
 class _TwinRequest:
-    kind: str  # "GET" | "PATCH"
-    topic: str
-    body: bytes
-    sent: bool = False  # handed to the engine on this or an earlier connection
-    acked: bool = False  # PUBACKed by the hub
-    acked_at_drop: bool = False
-    refresh: bool = False  # the desired refresh (answered by the session itself)
+    __slots__ = ("acked", "acked_at_drop", "body", "kind", "refresh", "sent", "topic")
+
+    def __init__(self, kind: str, topic: str, body: bytes, sent: bool = False,
+                 acked: bool = False, acked_at_drop: bool = False,
+                 refresh: bool = False) -> None:
+        self.kind = kind  # "GET" | "PATCH"
+        self.topic = topic
+        self.body = body
+        self.sent = sent  # handed to the engine on this or an earlier connection
+        self.acked = acked  # PUBACKed by the hub
+        self.acked_at_drop = acked_at_drop
+        self.refresh = refresh  # the desired refresh (answered by the session itself)
+
+    def __repr__(self) -> str:
+        return (f"_TwinRequest(kind={self.kind!r}, topic={self.topic!r}, body={self.body!r}, "
+                f"sent={self.sent!r}, acked={self.acked!r}, "
+                f"acked_at_drop={self.acked_at_drop!r}, refresh={self.refresh!r})")
 
 
-@dataclass(slots=True)
 class _Renewal:
-    own_key: bool
-    at: float | None = None
-    asked: bool = field(default=False)
+    __slots__ = ("asked", "at", "own_key")
+
+    def __init__(self, own_key: bool, at: float | None = None, asked: bool = False) -> None:
+        self.own_key = own_key
+        self.at = at
+        self.asked = asked
+
+    def __repr__(self) -> str:
+        return f"_Renewal(own_key={self.own_key!r}, at={self.at!r}, asked={self.asked!r})"
 
 
 def renewal_time(issued: float, expiry: float) -> float:
@@ -236,7 +309,7 @@ class HubSession:
 
     def __init__(self, identity: Identity, *, ensure_desired_properties: bool = True,
                  own_key: bool | None = None,
-                 new_rid: Callable[[], str] = lambda: str(uuid.uuid4())) -> None:
+                 new_rid: Callable[[], str] = topics.new_request_id) -> None:
         self.identity = identity
         self.ensure_desired_properties = ensure_desired_properties
         self._new_rid = new_rid

@@ -30,7 +30,7 @@ from ._packets import (
     Will,
 )
 from ._records import fast_constructor
-from ._rules import TOPIC_CACHE_MAX
+from ._rules import TOPIC_CACHE_LONGEST, TOPIC_CACHE_MAX
 from ._topics import filter_levels_problem, topic_name_problem
 
 __all__ = ["DECODERS", "Buffer", "decode_publish"]
@@ -167,9 +167,10 @@ def _decode_topic(raw: bytes) -> str:
     problem = topic_name_problem(topic)
     if problem:
         raise _bad("PUBLISH", "topic name", *problem)
-    if len(_TOPIC_DECODED) >= TOPIC_CACHE_MAX:
-        _TOPIC_DECODED.clear()
-    _TOPIC_DECODED[raw] = topic
+    if len(raw) <= TOPIC_CACHE_LONGEST:
+        if len(_TOPIC_DECODED) >= TOPIC_CACHE_MAX:
+            _TOPIC_DECODED.clear()
+        _TOPIC_DECODED[raw] = topic
     return topic
 
 

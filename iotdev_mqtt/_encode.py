@@ -28,7 +28,7 @@ from ._packets import (
     Unsubscribe,
     Will,
 )
-from ._rules import MAX_REMAINING_LENGTH, TOPIC_CACHE_MAX
+from ._rules import MAX_REMAINING_LENGTH, TOPIC_CACHE_LONGEST, TOPIC_CACHE_MAX
 from ._topics import string_problem, topic_filter_problem, topic_name_problem
 
 __all__ = ["encode", "encode_remaining_length", "publish_bytes"]
@@ -205,9 +205,10 @@ def _prefixed_topic(topic: object) -> bytes:
         raise _fail("PUBLISH", "topic name", problem)
     raw = topic.encode("utf-8")
     head = len(raw).to_bytes(2, "big") + raw
-    if len(_TOPIC_PREFIXED) >= TOPIC_CACHE_MAX:
-        _TOPIC_PREFIXED.clear()
-    _TOPIC_PREFIXED[topic] = head
+    if len(raw) <= TOPIC_CACHE_LONGEST:
+        if len(_TOPIC_PREFIXED) >= TOPIC_CACHE_MAX:
+            _TOPIC_PREFIXED.clear()
+        _TOPIC_PREFIXED[topic] = head
     return head
 
 

@@ -77,12 +77,29 @@ class OutboundMessage:
         )
 
 
+class _NoQueue(deque["OutboundMessage"]):
+    """The queue of a session that never queued anything: empty and shared, so
+    it refuses to grow (``Session.queue_for_append`` gives the real one).  An
+    empty ``deque`` is 760 bytes; fleets hold one per client."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: object) -> None:
+        raise TypeError("the shared empty queue: use Session.queue_for_append()")
+
+    append = appendleft = extend = extendleft = insert = _refuse
+
+
+_NO_QUEUE = _NoQueue()
+
+
 class Session:
     """Session state that survives reconnection (clean session = 0).
 
     Attributes:
         inflight: our QoS 1/2 publishes awaiting acks, by packet id, in send order.
-        queue: our publishes not yet sent, FIFO.
+        queue: our publishes not yet sent, FIFO (a shared empty one until the
+            first publish is queued: add through ``queue_for_append()``).
         inbound_qos2: ids of the peer's QoS 2 messages awaiting PUBREL, mapped to
             whether their PUBREC was sent.
     """
@@ -91,11 +108,18 @@ class Session:
 
     def __init__(self) -> None:
         self.inflight: dict[int, OutboundMessage] = {}
-        self.queue: deque[OutboundMessage] = deque()
+        self.queue: deque[OutboundMessage] = _NO_QUEUE
         self.inbound_qos2: dict[int, bool] = {}
         self.requests: dict[int, object] = {}
         self.next_id = 1
         self.next_token = 1
+
+    def queue_for_append(self) -> deque[OutboundMessage]:
+        """``queue``, made this session's own on first use."""
+        queue = self.queue
+        if queue is _NO_QUEUE:
+            queue = self.queue = deque()
+        return queue
 
     def allocate_id(self) -> int | None:
         """A packet id not in use by a publish or a request, or ``None`` if all
@@ -143,7 +167,8 @@ class _Endpoint:
         self._error: Exception | None = None
         self._out: list[bytes] = []
         self._session = Session()
-        self._acks: deque[list[object]] = deque()  # [packet_id, kind, ready]
+        # [packet_id, kind, ready]; a list (an empty deque is 760 bytes per client)
+        self._acks: list[list[object]] = []
         self._keep_alive = 0
         self._last_out = 0.0
         self._last_in = 0.0
@@ -317,7 +342,8 @@ class _Endpoint:
         self._move(Input.PUBLISH)
         token = session.next_token
         session.next_token = token + 1
-        session.queue.append(OutboundMessage(token, topic, payload, int(qos), bool(retain)))
+        session.queue_for_append().append(
+            OutboundMessage(token, topic, payload, int(qos), bool(retain)))
         if self._state is State.CONNECTED:
             self._pump(now)
         return token
@@ -383,7 +409,8 @@ class _Endpoint:
             else:
                 msg.packet_id = 0
                 requeue.append(msg)
-        session.queue.extendleft(reversed(requeue))
+        if requeue:
+            session.queue_for_append().extendleft(reversed(requeue))
 
     def _on_puback(self, packet: PubAck, events: list[Event], now: float) -> None:
         inflight = self._session.inflight
@@ -468,9 +495,14 @@ class _Endpoint:
 
     def _flush_acks(self, now: float) -> None:
         acks = self._acks
-        while acks and acks[0][2]:
-            pid, qos, _ = acks.popleft()
+        ready = 0
+        for pid, qos, done in acks:
+            if not done:
+                break
             self._send_ack(pid, qos, now)  # type: ignore[arg-type]
+            ready += 1
+        if ready:
+            del acks[:ready]
 
     def _ack(self, packet_id: int, now: float) -> bool:
         self._move(Input.ACK)

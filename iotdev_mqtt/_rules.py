@@ -22,6 +22,7 @@ __all__ = [
     "MAX_REMAINING_LENGTH",
     "PACKET_NAMES",
     "REQUIRED_FLAGS",
+    "TOPIC_CACHE_LONGEST",
     "TOPIC_CACHE_MAX",
     "VARIABLE",
     "Role",
@@ -32,8 +33,13 @@ Role = Literal["client", "server"]
 
 MAX_REMAINING_LENGTH = 268_435_455
 DEFAULT_MAX_PACKET_SIZE = 1 << 20
-# Entries in each topic cache (encoded names in _encode, decoded ones in _decode).
-TOPIC_CACHE_MAX = 512
+# Entries in each topic cache (encoded names in _encode, decoded ones in _decode):
+# one per device of a fleet in one process, or per device a hub serves (the
+# caches are cleared when full, so a fleet larger than this gains nothing from
+# them; 512 was ~2 us a message beyond 512 devices).  Only names up to
+# TOPIC_CACHE_LONGEST bytes are kept: at most ~11 MB per cache.
+TOPIC_CACHE_MAX = 16_384
+TOPIC_CACHE_LONGEST = 256
 
 PACKET_NAMES = (
     "reserved type 0",

@@ -226,7 +226,8 @@ class ServerConnection(_Endpoint):
         if session is not None:
             queued = self._session.queue
             self._session = session
-            session.queue.extend(queued)
+            if queued:
+                session.queue_for_append().extend(queued)
         self._send(ConnAck(bool(session_present), 0), now)
         events: list[Event] = [Connected(bool(session_present))]
         self._resend_inflight(now)

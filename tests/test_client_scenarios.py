@@ -899,6 +899,19 @@ def test_inflight_window_queues_fifo() -> None:
     assert client.pending() == []
 
 
+
+def test_queues_of_two_clients_are_their_own() -> None:
+    """Clients start with no queue of their own (a fleet saves one per client):
+    the first queued publish gives one to that client only."""
+    first, second = open_client(max_inflight=1), open_client(max_inflight=1)
+    tokens = [first.publish("a/b", b"hi", 1, now=1.0) for _ in range(2)]
+    assert first.pending() == tokens and second.pending() == []
+    others = [second.publish("a/b", body, 1, now=1.0) for body in (b"x", b"y")]
+    assert second.pending() == others and first.pending() == tokens
+    assert second.data_to_send() == _pub(1, payload=b"x")
+    assert second.receive_data(H("40 02 00 01"), now=1.1) == [PublishAcked(others[0], 1)]
+    assert second.data_to_send() == _pub(2, payload=b"y") and first.pending() == tokens
+
 def test_qos0_behind_queued_qos1_waits_its_turn() -> None:
     client = open_client(max_inflight=1)
     client.publish("a/b", b"A", 1, now=1.0)

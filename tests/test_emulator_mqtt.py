@@ -229,6 +229,29 @@ def test_malformed_packets_close_only_that_connection(hub: Hub) -> None:
     assert [m.body for m in hub.telemetry("fine")] == [b"before", b"after"]
 
 
+
+def test_hub_issues_no_tls_session_tickets(hub: Hub) -> None:
+    """As IoT Hub (no session resumption): no ticket after a TLS 1.3 handshake
+    (OpenSSL keeps a 16 KB buffer per client connection once one arrives), nor
+    in TLS 1.2."""
+    import socket
+    import ssl
+
+    hub.add_device("dev")
+    for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+        engine = ClientConnection()
+        engine.connect("dev", now=0, username=f"{hub.hub_name}/dev/?api-version=2021-04-12",
+                       password=_token(hub, "dev").encode())
+        ctx = ssl.create_default_context(cadata=hub.ca_pem)
+        ctx.minimum_version = ctx.maximum_version = version
+        with socket.create_connection(("127.0.0.1", hub.mqtt_port), TIMEOUT) as raw, \
+                ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(engine.data_to_send())
+            assert tls.recv(4) == bytes.fromhex("20020000")  # read past any ticket
+            assert tls.version() == {ssl.TLSVersion.TLSv1_3: "TLSv1.3",
+                                     ssl.TLSVersion.TLSv1_2: "TLSv1.2"}[version]
+            assert tls.session is not None and not tls.session.has_ticket
+
 def test_hub_usable_from_asyncio(tmp_path: Any) -> None:
     async def main() -> int:
         async with Hub(mqtt_port=0, ws_port=None, state_dir=tmp_path) as hub:

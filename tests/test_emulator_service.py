@@ -396,20 +396,48 @@ def test_telemetry_events_since_and_long_poll(hub: Hub, api: Api) -> None:
         assert len(json.loads(api.conn.getresponse().read())) == 2
 
 
+def test_every_telemetry_waiter_wakes(hub: Hub) -> None:
+    """Several waiters at once (each re-checks its own condition at every
+    message); one whose count is not reached times out with the count."""
+    hub.add_device("dev1")
+    results: dict[int, list[bytes]] = {}
+
+    def wait(count: int) -> None:
+        results[count] = [m.body for m in hub.wait_for_telemetry("dev1", count, TIMEOUT)]
+
+    threads = [threading.Thread(target=wait, args=(n,)) for n in (1, 2, 2)]
+    for thread in threads:
+        thread.start()
+    with Device(lambda **kw: _client(hub, "dev1", **kw), "dev1") as device:
+        device.telemetry(b"one")
+        device.telemetry(b"two")
+        for thread in threads:
+            thread.join(TIMEOUT)
+        assert results == {1: [b"one", b"two"], 2: [b"one", b"two"]} or \
+            results == {1: [b"one"], 2: [b"one", b"two"]}
+        with pytest.raises(TimeoutError, match="2 of 3 telemetry messages from dev1"):
+            hub.wait_for_telemetry("dev1", 3, 0.2)
+
+
 def test_stop_closes_open_connections_and_long_polls(tmp_path: Path) -> None:
     """``stop()`` ends a long poll that is in flight at once.  The old test
     slept 0.3 s and could pass with no poll in flight (the request still in a
     socket buffer is closed just the same).  Now the hub's thread is watched
     (``threading.setprofile``, set only while the hub starts its thread) for
-    entering ``asyncio.Condition.wait``, which is what a long poll waits on:
+    ``Router.wait_for_telemetry`` entering ``asyncio.wait_for`` (on the
+    future the next message wakes), which is what a long poll waits on:
     nothing enters it before the request, and ``stop()`` runs only after the
     poll has.  The hub's loop runs one thing at a time, so the poll is
     suspended in that wait when ``stop()`` reaches the loop."""
+    from iotdev.emulator._router import Router
+
     waiting = threading.Event()
-    wait_code = asyncio.Condition.wait.__code__
+    wait_code = asyncio.wait_for.__code__
+    poll_code = Router.wait_for_telemetry.__code__
 
     def watch(frame: Any, event: str, arg: Any) -> None:
-        if event == "call" and frame.f_code is wait_code:
+        if event == "call" and frame.f_code is wait_code and frame.f_back is not None \
+                and frame.f_back.f_code is poll_code:
             waiting.set()
 
     threading.setprofile(watch)
@@ -418,7 +446,7 @@ def test_stop_closes_open_connections_and_long_polls(tmp_path: Path) -> None:
     finally:
         threading.setprofile(None)  # only the hub's thread, started above, is watched
     api = Api(hub)
-    assert not waiting.is_set(), "something else waits on a Condition: the proof is void"
+    assert not waiting.is_set(), "something else waits for telemetry: the proof is void"
     outcome: list[BaseException | None] = []
 
     def poll() -> None:

@@ -477,26 +477,32 @@ def test_shutdown_from_another_thread_ends_every_operation_and_leaks_nothing(
     assert after.fds == before.fds, f"{after.fds - before.fds} file descriptors leaked"
 
 
+@pytest.mark.parametrize(("where", "marker", "call"), [
+    ("_submit", "self._commands.append(command)", "get_twin"),
+    ("_publish_now", "self.core.publish(fut, topic, payload, qos, retain)", "send_message"),
+])
 def test_a_call_racing_shutdown_fails_at_once_instead_of_waiting_for_its_timeout(
-        hub: Hub, dev: str, guard: ThreadGuard) -> None:
+        hub: Hub, dev: str, guard: ThreadGuard, where: str, marker: str, call: str) -> None:
     """Regression: a call that passed the driver's "shut down?" check just
     before ``shutdown()`` queued its stop command put its own command behind
     it, where the stopped I/O thread never ran it: the call waited for its
     whole timeout (120 s by default) and then raised ``OperationTimeout``.
     A trace function holds the caller exactly in that window (between the
-    check and the append in ``ThreadDriver._submit``) while ``shutdown()``
-    runs on another thread; the call must complete, or end with
-    ``OperationCancelled`` or ``ClientError``, not ``OperationTimeout``."""
+    check and the append in ``ThreadDriver._submit``; for a publish on an idle
+    connection, between the check and the hand-over to the engine in
+    ``_publish_now``) while ``shutdown()`` runs on another thread; the call
+    must complete, or end with ``OperationCancelled`` or ``ClientError``, not
+    ``OperationTimeout``."""
     import inspect
     import sys
     from types import FrameType
 
     from iotdev.transport import _thread
 
-    source, first = inspect.getsourcelines(_thread.ThreadDriver._submit)
-    append = [first + n for n, line in enumerate(source)
-              if "self._commands.append(command)" in line]
-    assert len(append) == 1, "ThreadDriver._submit changed: update this test's window"
+    function = getattr(_thread.ThreadDriver, where)
+    source, first = inspect.getsourcelines(function)
+    append = [first + n for n, line in enumerate(source) if marker in line]
+    assert len(append) == 1, f"ThreadDriver.{where} changed: update this test's window"
     client = Client.create_from_connection_string(
         hub.connection_string(dev), server_verification_cert=hub.ca_pem, port=hub.mqtt_port,
         operation_timeout=5)
@@ -505,7 +511,7 @@ def test_a_call_racing_shutdown_fails_at_once_instead_of_waiting_for_its_timeout
     shutdown_done = threading.Event()
 
     def tracer(frame: FrameType, event: str, arg: Any) -> Any:
-        if frame.f_code is _thread.ThreadDriver._submit.__code__:
+        if frame.f_code is function.__code__:
             def lines(frame: FrameType, event: str, arg: Any) -> Any:
                 if event == "line" and frame.f_lineno == append[0] and not in_window.is_set():
                     in_window.set()
@@ -519,7 +525,10 @@ def test_a_call_racing_shutdown_fails_at_once_instead_of_waiting_for_its_timeout
     def caller() -> None:
         sys.settrace(tracer)
         try:
-            client.send_message("racing shutdown")
+            if call == "send_message":
+                client.send_message("racing shutdown")
+            else:
+                client.get_twin()
         except BaseException as exc:  # judged below
             outcome.append(exc)
         else:

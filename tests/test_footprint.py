@@ -36,6 +36,8 @@ NOT_ON_IMPORT = {
         "urllib.request", "concurrent.futures", "iotdev.aio", "iotdev.transport._tls",
         "iotdev.transport._ws", "iotdev.transport._proxy", "iotdev.transport._http",
         "iotdev._upload", "iotdev._outbox", "iotdev.emulator", "iotdev_mqtt._server",
+        "dataclasses", "inspect", "ast", "dis", "uuid", "platform", "pathlib", "ctypes",
+        "importlib.util",
     },
 }
 
@@ -80,3 +82,24 @@ def test_deferred_modules_load_when_needed() -> None:
         "assert d2c_system_pairs(m) == [('$.exp', '2024-01-02T03:04:05')], d2c_system_pairs(m)\n"
     )
     assert {"hashlib", "hmac", "base64"} <= loaded
+
+
+def test_fleets_give_free_heap_back() -> None:
+    """The connection that completes a batch schedules one ``malloc_trim`` on
+    the loop (glibc), later ones wait for it; a lone client never loads ctypes."""
+    statement = (
+        "import asyncio, platform, sys\n"
+        "from iotdev.transport import _memory\n"
+        "async def main():\n"
+        "    loop = asyncio.get_running_loop()\n"
+        "    early = [_memory.connection_made(loop) for _ in range(_memory.BATCH - 1)]\n"
+        "    assert early == [None] * (_memory.BATCH - 1) and 'ctypes' not in sys.modules\n"
+        "    handle = _memory.connection_made(loop)\n"
+        "    assert handle is not None and _memory.connection_made(loop) is None\n"
+        "    assert abs(handle.when() - loop.time() - _memory.DELAY) < 0.5\n"
+        "    glibc = platform.libc_ver()[0] == 'glibc'\n"
+        "    assert _memory.release_free_memory() == glibc and ('ctypes' in sys.modules) == glibc\n"
+        "    handle.cancel()\n"
+        "asyncio.run(main())\n"
+    )
+    loaded_by(statement)  # CalledProcessError when an assertion fails

@@ -776,4 +776,23 @@ def test_hub_topics_imports_only_pure_standard_library() -> None:
         "types",
         "typing",
         "urllib",
+        "uuid",  # new_request_id(), on the first call
     }
+
+
+def test_new_request_ids_are_uuid4_text() -> None:
+    import uuid
+
+    first, second = _hub_topics.new_request_id(), _hub_topics.new_request_id()
+    assert first != second and uuid.UUID(first).version == 4 and str(uuid.UUID(first)) == first
+
+
+def test_decoding_a_bag_twice_gives_the_same_pairs() -> None:
+    """Unquoted keys and values are remembered: a second message gets equal pairs."""
+    bag = "%24.mid=a%26b&%24.to=%2Fdevices%2Fd%2Fmessages%2FdeviceBound&k%3D=v%25"
+    expected = [("$.mid", "a&b"), ("$.to", "/devices/d/messages/deviceBound"), ("k=", "v%")]
+    assert _hub_topics.decode_property_bag(bag) == expected
+    assert _hub_topics.decode_property_bag(bag) == expected
+    many = "&".join(f"k{i}%21=v{i}%21" for i in range(600))  # past the caches' bound
+    assert _hub_topics.decode_property_bag(many)[599] == ("k599!", "v599!")
+    assert _hub_topics.decode_property_bag(bag) == expected

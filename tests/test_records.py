@@ -253,12 +253,18 @@ def test_pattern_matching() -> None:
 # (see README "Footprint on small boards"), against the dataclass they replace:
 # (class, frozen, slots, has its own repr).
 def _iotdev_classes() -> list[tuple[type, bool, bool, bool]]:
+    from iotdev import _session
     from iotdev._auth import ConnectionString, SasToken
+    from iotdev._provisioning import Request
+    from iotdev.transport._credentials import X509
     from iotdev.transport._options import ConnectOptions, Credentials, ReconnectPolicy
 
+    outputs = [_session.Identity, _session.Publish, _session.Subscribe, _session.Unsubscribe,
+               _session.Received, _session.TwinDone, _session.Problem, Request]
     return [(ConnectionString, True, True, True), (SasToken, True, True, False),
             (Credentials, False, False, True), (ConnectOptions, False, False, False),
-            (ReconnectPolicy, False, False, False)]
+            (ReconnectPolicy, False, False, False), (X509, True, False, True),
+            *[(cls, True, True, False) for cls in outputs]]
 
 
 @pytest.mark.parametrize(("cls", "frozen", "slots", "own_repr"), _iotdev_classes(),
@@ -300,3 +306,84 @@ def test_iotdev_value_classes_behave_as_their_dataclass(
     required = {p.name: values[p.name] for p in params if p.default is p.empty}
     assert all(getattr(cls(**required), p.name) == p.default
                for p in params if p.default is not p.empty)
+
+
+def test_session_outputs_without_fields() -> None:
+    from iotdev._session import Reauthorize, TokenRequired
+
+    for cls in (Reauthorize, TokenRequired):
+        assert cls() == cls() and hash(cls()) == hash(()) and repr(cls()) == f"{cls.__name__}()"
+        assert cls.__match_args__ == () and not hasattr(cls(), "__dict__")
+        with pytest.raises(FrozenInstanceError):
+            cls().x = 1  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- mutable_record
+
+
+def _declare_config(decorator: Any, field: Any) -> type:
+    class Config:
+        name: str
+        port: int = 1
+        secret: str | None = field(default=None, repr=False)
+        headers: list[str] = field(default_factory=list)
+
+        def __post_init__(self) -> None:
+            if self.port < 0:
+                raise ValueError("port must not be negative")
+
+        def describe(self) -> str:
+            return f"{self.name}:{self.port}"
+
+    return decorator(Config)  # type: ignore[no-any-return]
+
+
+def test_mutable_record_behaves_as_the_dataclass() -> None:
+    import dataclasses
+
+    from iotdev_mqtt._records import field, mutable_record
+
+    ours = _declare_config(mutable_record, field)
+    ref = _declare_config(dataclasses.dataclass, dataclasses.field)
+    ours_params = inspect.signature(ours).parameters.values()
+    ref_params = inspect.signature(ref).parameters.values()
+    assert [(p.name, repr(p.default), p.kind) for p in ours_params] == \
+        [(p.name, repr(p.default), p.kind) for p in ref_params]
+    assert ours.__match_args__ == ref.__match_args__ == ("name", "port", "secret", "headers")  # type: ignore[attr-defined]
+    assert ours.__hash__ is None and ref.__hash__ is None
+    assert ours.port == ref.port == 1 and not hasattr(ours, "headers")  # type: ignore[attr-defined]
+    for args in [("a",), ("a", 2, "s", ["h"])]:
+        a, b = ours(*args), ref(*args)
+        assert repr(a) == repr(b)
+        assert vars(a) == vars(b)
+        assert a == ours(*args) and a != ours("other") and a.__eq__(b) is NotImplemented
+        assert copy.copy(a) == a and copy.deepcopy(a) == a  # (a local class: no pickle)
+        a.port = 5
+        assert a.describe() == "a:5"
+    assert ours("a").headers is not ours("a").headers  # a fresh list each time
+    with pytest.raises(ValueError, match="negative"):
+        ours("a", -1)
+    with pytest.raises(TypeError):
+        ours()
+
+
+def test_iotdev_configurations_are_mutable_records() -> None:
+    import ssl
+
+    from iotdev._hubclient import HubConfig
+    from iotdev._provisioning_config import ProvisioningConfig
+    from iotdev.transport._endpoint import Endpoint
+
+    config = HubConfig("hub", "dev", symmetric_key="a2V5", sastoken="SharedAccessSignature x")
+    assert "a2V5" not in repr(config) and "SharedAccessSignature" not in repr(config)
+    assert repr(config).startswith("HubConfig(hostname='hub', device_id='dev', module_id=None,")
+    assert config._contexts == {} and config._contexts is not HubConfig("h", "d")._contexts
+    assert config == HubConfig("hub", "dev", symmetric_key="a2V5",
+                               sastoken="SharedAccessSignature x")
+    assert HubConfig.__match_args__[:3] == ("hostname", "device_id", "module_id")  # type: ignore[attr-defined]
+    prov = ProvisioningConfig("dps", "reg", "scope", symmetric_key="a2V5")
+    assert "a2V5" not in repr(prov) and prov.port is None
+    endpoint = Endpoint("h", 8883, "tls", ssl.create_default_context())
+    assert endpoint.ws_headers == [] and endpoint.connect_timeout == 30.0
+    with pytest.raises(ValueError, match="needs a tls_context"):
+        Endpoint("h", 8883, "tls")  # __post_init__ still validates

@@ -178,12 +178,23 @@ class DeviceConnection(asyncio.Protocol):
         self._arm_timer()
 
     def _arm_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """Make sure a timer fires by the engine's next deadline.  An armed
+        timer that fires earlier is kept (it re-arms when it fires): the
+        deadline moves on with every packet, and cancelling and re-creating
+        the timer on every flush piles cancelled handles up in the loop's heap
+        (thousands per second with a fleet sending telemetry)."""
         deadline = self.engine.next_deadline()
-        if deadline is not None and not self.closed:
-            self._timer = self.loop.call_at(deadline, self._on_timer)
+        timer = self._timer
+        if deadline is None or self.closed:
+            if timer is not None:
+                timer.cancel()
+                self._timer = None
+            return
+        if timer is not None:
+            if timer.when() <= deadline:
+                return
+            timer.cancel()
+        self._timer = self.loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -475,6 +475,8 @@ class Dps:
         ctx.load_cert_chain(self.certs.server_cert, self.certs.server_key)
         ctx.verify_mode = ssl.CERT_OPTIONAL  # X.509 attestation
         ctx.load_verify_locations(self.certs.ca_cert)
+        ctx.num_tickets = 0  # no resumption, as the hub (Hub.server_context)
+        ctx.options |= ssl.OP_NO_TICKET
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
             lambda: DeviceConnection(self, ctx, websocket=False,

@@ -158,16 +158,16 @@ class Router:
         # Plug and Play: the model id of each identity's last CONNECT (the
         # twin's ``modelId``; "" for one that announces none).
         self.model_ids: dict[str, str] = {}
-        self.telemetry_changed = asyncio.Condition()
+        # Waiters of wait_for_telemetry: woken by the next message (no task or
+        # lock per message when nobody waits, as with 5,000 devices sending).
+        self._telemetry_waiters: set[asyncio.Future[None]] = set()
         self._pending_methods: dict[str, asyncio.Future[MethodResult]] = {}
         self._expiry_timers: dict[RoutedConnection, asyncio.TimerHandle] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         """Called on the hub's (new) event loop before it serves: loop-bound
         state is made afresh, so a stopped hub can start again."""
-        self.telemetry_changed = asyncio.Condition()
-        self._tasks.clear()
+        self._telemetry_waiters = set()
 
     # ----------------------------------------------------------- observers
 
@@ -368,9 +368,11 @@ class Router:
     def record_telemetry(self, record: TelemetryMessage) -> None:
         """Keep a message that reached the hub (``Hub.telemetry``) and wake waiters."""
         self.store.record_telemetry(record)
-        task = asyncio.ensure_future(_notify(self.telemetry_changed))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if self._telemetry_waiters:
+            waiters, self._telemetry_waiters = self._telemetry_waiters, set()
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def _on_twin(self, conn: RoutedConnection, request: tuple[str, str], body: bytes) -> None:
         kind, rid = request
@@ -534,12 +536,20 @@ class Router:
     async def wait_for_telemetry(self, ready: Callable[[], bool], timeout: float) -> bool:
         """Wait until ``ready()`` (re-checked at each new message); ``False``
         on time-out."""
-        cond = self.telemetry_changed
-        async with cond:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not ready():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            waiter = loop.create_future()
+            self._telemetry_waiters.add(waiter)
             try:
-                await asyncio.wait_for(cond.wait_for(ready), timeout)
+                await asyncio.wait_for(waiter, remaining)
             except asyncio.TimeoutError:
                 return False
+            finally:
+                self._telemetry_waiters.discard(waiter)
         return True
 
     async def send_c2d(self, device_id: str, body: bytes, **kw: Any) -> C2DMessage:
@@ -602,11 +612,6 @@ class Router:
                                 now=conn.loop.time())
             conn.flush()
         return notification
-
-
-async def _notify(cond: asyncio.Condition) -> None:
-    async with cond:
-        cond.notify_all()
 
 
 def _name(conn: RoutedConnection) -> str:

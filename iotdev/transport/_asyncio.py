@@ -34,6 +34,7 @@ from .._compat import async_timeout
 from .._errors import ClientError, OperationCancelled
 from ._core import DriverCore, settle
 from ._endpoint import Endpoint, map_connect_error
+from ._memory import connection_made
 from ._options import ConnectOptions, ReconnectPolicy
 
 __all__ = ["AsyncDriver"]
@@ -261,6 +262,8 @@ class AsyncDriver:
     def state_changed(self, connected: bool, reason: str | None) -> None:
         if connected:
             log.info("connected to %s", self.endpoint.describe())
+            if self._loop is not None:
+                connection_made(self._loop)  # a fleet's handshake garbage goes back
         else:
             log.info("disconnected from %s: %s", self.endpoint.describe(), reason)
         self._call(self.on_state, connected, reason)

@@ -3,12 +3,12 @@ from the TLS code so that importing the client does not load ``ssl``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from iotdev_mqtt._records import record, set_field
 
 __all__ = ["X509"]
 
 
-@dataclass(frozen=True)
+@record
 class X509:
     """A client certificate, as in azure-iot-device: file paths and an optional
     pass phrase for the key; read-only, as in v2 (``certificate_file``,
@@ -20,9 +20,16 @@ class X509:
         pass_phrase: the key's pass phrase, if it is encrypted.
     """
 
+    __match_args__ = ("cert_file", "key_file", "pass_phrase")
+
     cert_file: str
     key_file: str
-    pass_phrase: str | None = None
+    pass_phrase: str | None
+
+    def __init__(self, cert_file: str, key_file: str, pass_phrase: str | None = None) -> None:
+        set_field(self, "cert_file", cert_file)
+        set_field(self, "key_file", key_file)
+        set_field(self, "pass_phrase", pass_phrase)
 
     @property
     def certificate_file(self) -> str:

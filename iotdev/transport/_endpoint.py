@@ -5,8 +5,9 @@ thread driver and the asyncio driver."""
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
+
+from iotdev_mqtt._records import field, mutable_record
 
 from .._deps import require
 from .._errors import (
@@ -28,7 +29,7 @@ WS_TLS_RECORD = 4096
 """Largest TLS record under WebSocket (see ``TLSLayer``'s ``max_record``)."""
 
 
-@dataclass
+@mutable_record
 class Endpoint:
     """One place to connect to.
 

@@ -3,9 +3,17 @@ the MQTT engine; callers hand it commands and wait on futures.
 
 Theory of operation
 -------------------
-Callers never touch the engine.  A call (``publish()``, ``subscribe()`` ...)
-appends a command to a deque, writes one byte to a wake-up socket pair and
-returns a ``Completion`` (a small future).  The I/O thread sleeps in
+The engine, the core and the socket are guarded by one I/O lock, which the
+I/O thread holds whenever it is not asleep in ``select`` (or dialling).  A call
+(``subscribe()``, ``connect()`` ...) appends a command to a deque, writes one
+byte to a wake-up socket pair and returns a ``Completion`` (a small future).
+``publish()`` on a connection that is up, with nothing queued before it and
+nothing left unwritten, instead takes the I/O lock and hands the message to
+the engine and the socket itself (one thread hop less per message: the I/O
+thread only reads the PUBACK); anything else (a partial write, a deadline
+moved earlier) wakes the I/O thread, which carries on as for a command.
+Calls made while holding the I/O lock (done callbacks, ``intercept``, timers)
+always queue.  The I/O thread sleeps in
 ``selectors`` on the server socket and the wake-up socket, with a timeout from
 the engine's ``next_deadline()`` (keep-alive), the handshake deadline or the
 reconnect time.  Each turn it reads what arrived, feeds the stack and the
@@ -208,6 +216,12 @@ class ThreadDriver:
         self._backlog_lock = threading.Lock()
         self._reading_paused = False
         self._timers: dict[str, tuple[float, Callable[[], None]]] = {}
+        # The I/O lock (see the module docstring), the thread holding it, and
+        # when the I/O thread's select() times out (None: no timeout).
+        self._io_lock = threading.Lock()
+        self._io_owner = 0
+        self._wait: float | None = None
+        self._sleep_until: float | None = None
         self._thread = threading.Thread(target=self._run, name="iotdev-io", daemon=True)
         self._handlers: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._handler_thread: threading.Thread | None = None
@@ -240,6 +254,9 @@ class ThreadDriver:
             self._commands.append(command)
             if last:  # the stop command: nothing may be queued after it
                 self._stopping = True
+        self._wake()
+
+    def _wake(self) -> None:
         try:
             self._wake_w.send(b"\0")
         except (BlockingIOError, OSError):
@@ -270,8 +287,48 @@ class ThreadDriver:
         """Queue a publish; the future resolves on PUBACK/PUBCOMP (QoS 0: once
         written).  Its errors are the core's (``_core.py``)."""
         fut = Completion()
-        self._submit(lambda: self.core.publish(fut, topic, payload, qos, retain))
+        if not self._publish_now(fut, topic, payload, qos, retain):
+            self._submit(lambda: self.core.publish(fut, topic, payload, qos, retain))
         return fut
+
+    def _publish_now(self, fut: Completion, topic: str, payload: bytes, qos: int,
+                     retain: bool) -> bool:
+        """Publish from the caller's thread when the connection is up and
+        idle (see the module docstring); ``False``: queue it instead."""
+        me = threading.get_ident()
+        if self._io_owner == me:  # called back under the I/O lock
+            return False
+        with self._io_lock:
+            self._io_owner = me
+            try:
+                sock = self._sock
+                if sock is None or self._commands or self._pending_out or \
+                        not self.core.connected:
+                    return False  # queued work first, or no connection: the I/O thread's
+                self.core.publish(fut, topic, payload, qos, retain)
+                raw = self.core.outgoing()
+                if self._sock is not sock:  # the layers failed: the loss is reported
+                    self._wake()
+                    return True
+                if raw:
+                    try:
+                        sent = sock.send(raw)
+                    except (BlockingIOError, InterruptedError):
+                        sent = 0
+                    except OSError:
+                        sent = 0  # the I/O thread meets the error on its write
+                    self._pending_out = raw[sent:]
+                if self._pending_out:
+                    self._wake()  # it waits for writability and writes the rest
+                    return True
+                self.core.written()
+                deadline = self.core.next_deadline()
+                if deadline is not None and (self._sleep_until is None
+                                             or deadline < self._sleep_until):
+                    self._wake()  # e.g. the wait for this PUBACK ends before its timeout
+                return True
+            finally:
+                self._io_owner = 0
 
     def subscribe(self, subscriptions: list[tuple[str, int]]) -> Completion:
         fut = Completion()
@@ -478,7 +535,30 @@ class ThreadDriver:
         return max(0.0, min(deadlines) - now)
 
     def _turn(self) -> None:
-        ready = self._selector.select(self._timeout(time.monotonic()))
+        ready = self._selector.select(self._wait)
+        with self._io_lock:
+            self._io_owner = threading.get_ident()
+            try:
+                dial = self._process(ready)
+            finally:
+                self._io_owner = 0
+        if dial:  # blocking TCP connect, outside the lock
+            endpoint = self.endpoint
+            try:
+                sock: socket.socket | OSError = socket.create_connection(
+                    endpoint.dial_address, timeout=endpoint.connect_timeout)
+            except OSError as exc:
+                sock = exc
+            with self._io_lock:
+                self._io_owner = threading.get_ident()
+                try:
+                    self._open(sock)
+                    self._after()
+                finally:
+                    self._io_owner = 0
+
+    def _process(self, ready: list[tuple[selectors.SelectorKey, int]]) -> bool:
+        """One turn's work under the I/O lock; ``True``: dial (the retry is due)."""
         for key, mask in ready:
             if key.fileobj is self._wake_r:
                 try:
@@ -502,21 +582,27 @@ class ThreadDriver:
         if self._retry_at is not None and now >= self._retry_at and self._sock is None:
             self._retry_at = None
             if self.core.want_connected:
-                self._open()
+                return True
+        self._after()
+        return False
+
+    def _after(self) -> None:
+        """The end of a turn: timers of the engine, writes, the next timeout."""
+        now = time.monotonic()
         deadline = self.core.next_deadline()
         if deadline is not None and now >= deadline:
             self.core.tick()
         self._flush()
+        now = time.monotonic()
+        self._wait = self._timeout(now)
+        self._sleep_until = None if self._wait is None else now + self._wait
 
-    def _open(self) -> None:
-        """One connection attempt: TCP connect (blocking, bounded), then the
-        handshakes run in the loop."""
+    def _open(self, sock: socket.socket | OSError) -> None:
+        """One connection attempt, dialled (``sock``, or the error of the TCP
+        connect): the handshakes run in the loop."""
         endpoint = self.endpoint
-        try:
-            sock = socket.create_connection(endpoint.dial_address,
-                                            timeout=endpoint.connect_timeout)
-        except OSError as exc:
-            self.core.fail_attempt(map_connect_error(exc, endpoint), exc)
+        if isinstance(sock, OSError):
+            self.core.fail_attempt(map_connect_error(sock, endpoint), sock)
             return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
