@@ -66,13 +66,16 @@ Client = IoTHubDeviceClient
 
 
 class ARecorder:
-    """A callable recording its calls on the event loop (one argument: the
-    argument; none: ``None``), which a coroutine can wait on."""
+    """A callable recording its calls (one argument: the argument; none:
+    ``None``), which a coroutine can wait on.  Plain-function handlers run on
+    the client's handler thread (as in v2), so a call from another thread
+    wakes the waiting loop thread-safely."""
 
     def __init__(self, then: Callable[..., Any] | None = None) -> None:
         self.items: list[Any] = []
         self.then = then
         self._changed: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __call__(self, *args: Any) -> Any:
         self.add(args[0] if len(args) == 1 else (args or None))
@@ -81,9 +84,18 @@ class ARecorder:
         return None
 
     def add(self, value: Any) -> None:
-        self.items.append(value)
-        if self._changed is not None:
-            self._changed.set()
+        self.items.append(value)  # list.append is atomic
+        changed, loop = self._changed, self._loop
+        if changed is None or loop is None:
+            return
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            changed.set()
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(changed.set)
 
     async def wait(self, count: int = 1, timeout: float = TIMEOUT) -> list[Any]:
         return await self.wait_for(lambda items: len(items) >= count, timeout, f"{count} calls")
@@ -92,6 +104,7 @@ class ARecorder:
                        timeout: float = TIMEOUT, what: str = "the condition") -> list[Any]:
         if self._changed is None:
             self._changed = asyncio.Event()
+            self._loop = asyncio.get_running_loop()
         try:
             async with async_timeout(timeout):
                 while not predicate(self.items):
@@ -737,19 +750,25 @@ def test_coroutine_method_handler_calls_back_into_the_client(
     aio.run(body)
 
 
-def test_sync_method_handler_on_the_loop(hub: Hub, spy: HubSpy, dev: str, aio: Aio) -> None:
+def test_sync_method_handler_runs_off_the_loop_as_in_v2(hub: Hub, spy: HubSpy, dev: str,
+                                                         aio: Aio) -> None:
+    """A plain-function handler runs on a handler thread, not on the loop (v2
+    runs it in a thread pool), so v2's idiom of answering from it with
+    ``run_coroutine_threadsafe(...).result()`` works instead of freezing the
+    loop that would have to run the answer."""
     async def body() -> None:
         client = aio.make(dev)
         await client.connect()
         loop = asyncio.get_running_loop()
         requests = ARecorder()
-        tasks: set[asyncio.Task[None]] = set()
+        threads: list[threading.Thread] = []
 
         def answer(request: MethodRequest) -> None:
-            assert asyncio.get_running_loop() is loop
+            threads.append(threading.current_thread())
             requests(request)
-            tasks.add(loop.create_task(client.send_method_response(
-                MethodResponse.create_from_method_request(request, 200, [request.payload]))))
+            response = MethodResponse.create_from_method_request(request, 200, [request.payload])
+            asyncio.run_coroutine_threadsafe(
+                client.send_method_response(response), loop).result(TIMEOUT)
 
         client.on_method_request_received = answer
         await subscribed(spy, dev, "$iothub/methods/POST/#")
@@ -757,6 +776,8 @@ def test_sync_method_handler_on_the_loop(hub: Hub, spy: HubSpy, dev: str, aio: A
         assert (result.status, result.payload) == (200, ["x"])
         (request,) = await requests.wait(1)
         assert (request.name, request.payload) == ("m", "x")
+        assert threads and threads[0] is not threading.current_thread()
+        await client.shutdown()
 
     aio.run(body)
 

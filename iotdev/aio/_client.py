@@ -8,6 +8,7 @@ before any loop runs takes effect at ``connect()``."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import inspect
 import time
@@ -53,7 +54,11 @@ class HubClient(ClientFace):
         self._renew_handle: asyncio.TimerHandle | None = None
         self._armed: float | None = None  # the deadline _renew_handle is for
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._handler_tasks = 0  # coroutine handlers still running (back-pressure)
+        self._handler_tasks = 0  # handlers still running (back-pressure)
+        # Plain-function handlers run here, off the loop, one at a time in
+        # arrival order (v2 runs them in a thread pool too): a blocking or
+        # loop-waiting handler cannot stall the connection.  Made on first use.
+        self._handler_pool: concurrent.futures.ThreadPoolExecutor | None = None
         outbox = config.open_outbox()  # outbox_path
         self._driver = AsyncDriver(
             config.endpoint(), config.connect_options(),
@@ -114,6 +119,8 @@ class HubClient(ClientFace):
             session.cancel("shutdown() was called")
         for task in list(self._tasks):
             task.cancel()
+        if self._handler_pool is not None:  # a handler running now finishes on its own
+            self._handler_pool.shutdown(wait=False, cancel_futures=True)
 
     async def _run_http(self, make: Callable[[Any], Any],
                         progress: Callable[[int, int | None], Any] | None = None) -> Any:
@@ -357,17 +364,26 @@ class HubClient(ClientFace):
         self._feed(lambda s: s.message(message.topic, message.payload))
 
     def _invoke(self, handler: Callable[..., Any], *args: Any) -> None:
-        result = handler(*args)
-        if inspect.isawaitable(result):
-            self._handler_tasks += 1
-            if self._handler_tasks >= MAX_HANDLER_TASKS:
-                self._driver.pause_reading(True)
-            self._spawn(self._handler_done(result))
+        if inspect.iscoroutinefunction(handler):
+            running: Any = handler(*args)
+        else:
+            if self._handler_pool is None:
+                self._handler_pool = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="iotdev-aio-handler")
+            running = asyncio.get_running_loop().run_in_executor(
+                self._handler_pool, lambda: handler(*args))
+        self._handler_tasks += 1
+        if self._handler_tasks >= MAX_HANDLER_TASKS:
+            self._driver.pause_reading(True)
+        self._spawn(self._handler_done(running))
 
     async def _handler_done(self, running: Any) -> None:
-        """Await a coroutine handler, then count it out (see MAX_HANDLER_TASKS)."""
+        """Await a handler (a coroutine, or a plain function on the handler thread),
+        then count it out (see MAX_HANDLER_TASKS)."""
         try:
-            await running
+            result = await running
+            if inspect.isawaitable(result):  # a plain function that returned a coroutine
+                await result
         finally:
             self._handler_tasks -= 1
             if self._handler_tasks == MAX_HANDLER_TASKS // 4:

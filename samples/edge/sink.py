@@ -1,5 +1,6 @@
 """An IoT Edge sink module (azure-iot-device v2 code, asyncio: only the
-import differs).  It takes the messages routed to its input ``alerts``, sends
+import differs; its handlers are coroutines, which iotdev runs on the
+client's loop).  It takes the messages routed to its input ``alerts``, sends
 each upstream as telemetry with the sender's name, answers the direct method
 ``stats``, and stops at the message marked ``end``."""
 
@@ -16,7 +17,7 @@ async def main() -> None:
     sending: list[asyncio.Future[None]] = []
     done = asyncio.Event()
 
-    def on_message(message: Message) -> None:  # called in arrival order
+    async def on_message(message: Message) -> None:  # started in arrival order
         if message.custom_properties.get("end") == "true":
             done.set()
             return
