@@ -33,7 +33,7 @@ from ._errors import (
 )
 from ._provisioning import DEFAULT_REQUEST_TIMEOUT, ProvisioningFlow, RegistrationResult
 from .transport._credentials import X509
-from .transport._endpoint import Endpoint
+from .transport._endpoint import Endpoint, azure_endpoint
 from .transport._options import ConnectOptions, Credentials
 
 __all__ = ["ProvisioningClientBase", "ProvisioningConfig", "build_provisioning_config",
@@ -76,19 +76,7 @@ class ProvisioningConfig:
     port: int | None = None
 
     def endpoint(self) -> Endpoint:
-        from .transport._tls import make_client_context, shared_client_context
-
-        if self.x509 is None:
-            ctx = shared_client_context(server_verification_cert=self.server_verification_cert,
-                                        cipher=self.cipher or None)
-        else:
-            ctx = make_client_context(server_verification_cert=self.server_verification_cert,
-                                      cipher=self.cipher or None, x509=self.x509)
-        port = self.port if self.port is not None else (443 if self.websockets else 8883)
-        return Endpoint(host=self.gateway_hostname or self.provisioning_host, port=port,
-                        transport="websockets" if self.websockets else "tls",
-                        tls_context=ctx, ws_path="/$iothub/websocket",
-                        proxy=self.proxy_options, connect_timeout=30.0)
+        return azure_endpoint(self, self.provisioning_host)
 
     def credentials(self) -> Credentials:
         """Fresh CONNECT credentials (a new SAS token from the key each time)."""
