@@ -22,7 +22,7 @@ from ._auth import (
 from ._errors import ClientError
 from ._session import HubSession, Identity
 from .transport._credentials import X509
-from .transport._endpoint import Endpoint
+from .transport._endpoint import Endpoint, azure_endpoint
 from .transport._options import ConnectOptions, Credentials, ReconnectPolicy
 
 if TYPE_CHECKING:
@@ -94,20 +94,7 @@ class HubConfig:
         return f"{self.device_id}/{self.module_id}" if self.module_id else self.device_id
 
     def endpoint(self) -> Endpoint:
-        host = self.gateway_hostname or self.hostname
-        port = self.port if self.port is not None else (443 if self.websockets else 8883)
-        from .transport._tls import make_client_context, shared_client_context
-
-        if self.x509 is None:
-            ctx = shared_client_context(server_verification_cert=self.server_verification_cert,
-                                        cipher=self.cipher or None)
-        else:
-            ctx = make_client_context(server_verification_cert=self.server_verification_cert,
-                                      cipher=self.cipher or None, x509=self.x509)
-        return Endpoint(host=host, port=port,
-                        transport="websockets" if self.websockets else "tls",
-                        tls_context=ctx, ws_path="/$iothub/websocket",
-                        proxy=self.proxy_options, connect_timeout=30.0)
+        return azure_endpoint(self, self.hostname)
 
     def upload_config(self) -> UploadConfig:
         """What the file-upload flows need (``_upload.py``): the hub's HTTPS

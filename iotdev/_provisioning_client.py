@@ -11,25 +11,18 @@ from __future__ import annotations
 
 import logging
 import queue
-import random
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from . import _dps_topics as topics
-from ._errors import (
-    ClientError,
-    ConnectionDroppedError,
-    ConnectionFailedError,
-    CredentialError,
-    OperationTimeout,
-)
-from ._provisioning import DEFAULT_REQUEST_TIMEOUT, ProvisioningFlow, RegistrationResult
+from ._errors import ClientError, OperationTimeout
+from ._provisioning import RegistrationResult
 from ._provisioning_config import (
+    CONNECT_ERRORS,
     ProvisioningClientBase,
     ProvisioningConfig,
-    read_cache,
-    write_cache,
+    wait_limit,
 )
 from .transport._options import ReconnectPolicy
 from .transport._thread import Completion, ThreadDriver
@@ -41,17 +34,12 @@ if TYPE_CHECKING:
 
 __all__ = ["ProvisioningDeviceClient"]
 
-log = logging.getLogger(__name__)
-
-
-def spread(delay: float) -> float:
-    """Back-off jitter: 50-100 % of the nominal delay."""
-    return delay * random.uniform(0.5, 1.0)
-
 
 class ProvisioningDeviceClient(ProvisioningClientBase):
     """Registers a device with DPS over MQTT (sync).  Create it with
     ``create_from_symmetric_key`` or ``create_from_x509_certificate``."""
+
+    _log = logging.getLogger(__name__)
 
     def __init__(self, config: ProvisioningConfig) -> None:
         super().__init__(config)
@@ -86,61 +74,37 @@ class ProvisioningDeviceClient(ProvisioningClientBase):
 
     def _register(self, timeout: float | None) -> RegistrationResult:
         config = self._config
-        flow = ProvisioningFlow(config.registration_id, self._provisioning_payload,
-                                timeout=timeout, jitter=spread)
+        flow = self._new_flow(timeout)
         inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
         def intercept(message: Any) -> bool:  # I/O thread: hand over, never block
             inbox.put(message)
             return True
 
-        def on_state(connected: bool, reason: str | None) -> None:
-            if not connected:
-                inbox.put(ConnectionDroppedError(
-                    f"lost the connection to the provisioning service: {reason}"))
-
         start = time.monotonic()
         deadline = start + timeout if timeout is not None else None
-        log.info("registering %r with %s", config.registration_id, config.provisioning_host)
         driver = ThreadDriver(config.endpoint(), config.connect_options(),
                               reconnect=ReconnectPolicy(enabled=False), intercept=intercept,
-                              on_state=on_state)
+                              on_state=self._drop_reporter(inbox.put))
         try:
             _wait(driver.connect(), deadline, "connecting to the provisioning service")
-            codes = _wait(driver.subscribe([(topics.RESPONSE_SUBSCRIBE_FILTER, 1)]), deadline,
-                          "subscribing to the provisioning answers")
-            if not codes or codes[0] == 0x80:
-                raise ClientError("the provisioning service refused the subscription to "
-                                  f"{topics.RESPONSE_SUBSCRIBE_FILTER}")
+            self._check_subscription(_wait(
+                driver.subscribe([(topics.RESPONSE_SUBSCRIBE_FILTER, 1)]), deadline,
+                "subscribing to the provisioning answers"))
             flow.start(time.monotonic(), began=start)
-            while True:
-                for request in flow.requests_to_send():
-                    driver.publish(request.topic, request.payload, 1, False)
-                if flow.finished:
-                    break
-                due = flow.next_deadline()
+            while self._send_due(flow, lambda topic, body: driver.publish(topic, body, 1, False)):
                 try:
-                    item = inbox.get(timeout=None if due is None
-                                     else max(0.0, due - time.monotonic()))
+                    item = inbox.get(timeout=self._wait_time(flow, time.monotonic()))
                 except queue.Empty:
-                    flow.tick(time.monotonic())
-                    continue
-                if isinstance(item, BaseException):
-                    raise item
-                flow.receive(item.topic, item.payload, time.monotonic())
+                    item = None
+                self._take(flow, item, time.monotonic())
         finally:
             try:
                 driver.disconnect().result(2.0)
             except Exception:  # closing anyway
                 pass
             driver.shutdown()
-        if flow.error is not None:
-            log.info("registration of %r failed: %s", config.registration_id, flow.error)
-            raise flow.error
-        assert flow.result is not None
-        log.info("registered %r in %.2f s (%d requests)", config.registration_id,
-                 time.monotonic() - start, flow.requests_sent)
-        return flow.result
+        return self._outcome(flow, time.monotonic() - start)
 
     def create_device_client(self, *, cache_path: str | os.PathLike[str] | None = None,
                              force_register: bool = False, timeout: float | None = None,
@@ -169,34 +133,34 @@ class ProvisioningDeviceClient(ProvisioningClientBase):
         """
         from ._sync_client import IoTHubDeviceClient
 
-        result = None
-        if cache_path is not None and not force_register:
-            result = read_cache(cache_path, self._config)
-        cached = result is not None
-        for _ in range(2):
-            if result is None:
-                result = self.register(timeout=timeout)
-                if cache_path is not None:
-                    write_cache(cache_path, self._config, result)
+        result = self._cached_assignment(cache_path, force_register)
+        if result is not None:
             client: IoTHubDeviceClient = self._device_client(IoTHubDeviceClient, result,
                                                              device_options)
-            try:
-                client.connect(timeout=timeout)
-            except (CredentialError, ConnectionFailedError, OperationTimeout):
-                client.shutdown()
-                if not cached:
-                    raise
-                log.info("the cached assignment of %r did not connect: registering again",
-                         self._config.registration_id)
-                result, cached = None, False
-                continue
-            return client
-        raise AssertionError("unreachable")
+            if _connected(client, timeout, cached=True):
+                return client
+            self._stale_assignment()
+        result = self._remember(cache_path, self.register(timeout=timeout))
+        client = self._device_client(IoTHubDeviceClient, result, device_options)
+        _connected(client, timeout, cached=False)
+        return client
+
+
+def _connected(client: IoTHubDeviceClient, timeout: float | None, *, cached: bool) -> bool:
+    """Connect; on failure shut the client down, then re-raise (a fresh
+    assignment) or return ``False`` (a cached one: register again)."""
+    try:
+        client.connect(timeout=timeout)
+    except CONNECT_ERRORS:
+        client.shutdown()
+        if not cached:
+            raise
+        return False
+    return True
 
 
 def _wait(fut: Completion, deadline: float | None, what: str) -> Any:
-    limit = 2 * DEFAULT_REQUEST_TIMEOUT if deadline is None else deadline - time.monotonic()
     try:
-        return fut.result(max(0.0, limit))
+        return fut.result(wait_limit(deadline, time.monotonic()))
     except TimeoutError:
         raise OperationTimeout(f"{what} did not complete in time") from None

@@ -1,14 +1,20 @@
 """What the sync and asyncio ``ProvisioningDeviceClient`` share, with no I/O
 in it: factory validation (azure-iot-device v2's rules), the endpoint, the
 CONNECT credentials, the assignment cache and the options of the device
-client made for the assigned hub."""
+client made for the assigned hub, and the registration steps around the
+sans-IO ``ProvisioningFlow`` that do not wait (each face keeps only its
+waiting: a queue and a thread driver, or an ``asyncio.Queue`` and the asyncio
+driver)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import random
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from iotdev_mqtt._records import field, mutable_record
 
@@ -17,10 +23,17 @@ if TYPE_CHECKING:
 
 from . import _dps_topics as topics
 from ._auth import decode_symmetric_key, default_user_agent, generate_sas_token
-from ._errors import ProvisioningServiceError
-from ._provisioning import RegistrationResult
+from ._errors import (
+    ClientError,
+    ConnectionDroppedError,
+    ConnectionFailedError,
+    CredentialError,
+    OperationTimeout,
+    ProvisioningServiceError,
+)
+from ._provisioning import DEFAULT_REQUEST_TIMEOUT, ProvisioningFlow, RegistrationResult
 from .transport._credentials import X509
-from .transport._endpoint import Endpoint
+from .transport._endpoint import Endpoint, azure_endpoint
 from .transport._options import ConnectOptions, Credentials
 
 __all__ = ["ProvisioningClientBase", "ProvisioningConfig", "build_provisioning_config",
@@ -30,6 +43,18 @@ _V2_OPTIONS = ("server_verification_cert", "gateway_hostname", "websockets", "ci
                "proxy_options", "sastoken_ttl", "keep_alive")
 _OUR_OPTIONS = ("port",)  # iotdev: dial another port than 8883/443 (emulators, tests)
 CACHE_VERSION = 1
+CONNECT_ERRORS = (CredentialError, ConnectionFailedError, OperationTimeout)
+"""What makes ``create_device_client`` drop a cached assignment and register again."""
+
+def spread(delay: float) -> float:
+    """Back-off jitter: 50-100 % of the nominal delay."""
+    return delay * random.uniform(0.5, 1.0)
+
+
+def wait_limit(deadline: float | None, now: float) -> float:
+    """Seconds to wait for connecting or subscribing: what is left of the
+    whole call, or two request timeouts when it has no deadline."""
+    return max(0.0, 2 * DEFAULT_REQUEST_TIMEOUT if deadline is None else deadline - now)
 
 
 @mutable_record
@@ -51,19 +76,7 @@ class ProvisioningConfig:
     port: int | None = None
 
     def endpoint(self) -> Endpoint:
-        from .transport._tls import make_client_context, shared_client_context
-
-        if self.x509 is None:
-            ctx = shared_client_context(server_verification_cert=self.server_verification_cert,
-                                        cipher=self.cipher or None)
-        else:
-            ctx = make_client_context(server_verification_cert=self.server_verification_cert,
-                                      cipher=self.cipher or None, x509=self.x509)
-        port = self.port if self.port is not None else (443 if self.websockets else 8883)
-        return Endpoint(host=self.gateway_hostname or self.provisioning_host, port=port,
-                        transport="websockets" if self.websockets else "tls",
-                        tls_context=ctx, ws_path="/$iothub/websocket",
-                        proxy=self.proxy_options, connect_timeout=30.0)
+        return azure_endpoint(self, self.provisioning_host)
 
     def credentials(self) -> Credentials:
         """Fresh CONNECT credentials (a new SAS token from the key each time)."""
@@ -179,6 +192,8 @@ def write_cache(path: str | os.PathLike[str], config: ProvisioningConfig,
 class ProvisioningClientBase:
     """The factories and the payload of both ``ProvisioningDeviceClient`` faces."""
 
+    _log: ClassVar[logging.Logger] = logging.getLogger(__name__)  # each face sets its own
+
     def __init__(self, config: ProvisioningConfig) -> None:
         self._config = config
         self._provisioning_payload: Any = None
@@ -247,3 +262,80 @@ class ProvisioningClientBase:
                 config.x509, state.assigned_hub, state.device_id, **options)
         return client_class.create_from_symmetric_key(
             config.symmetric_key, state.assigned_hub, state.device_id, **options)
+
+    # ---------------------------------------------- registration, no waiting
+
+    def _new_flow(self, timeout: float | None) -> ProvisioningFlow:
+        self._log.info("registering %r with %s", self._config.registration_id,
+                 self._config.provisioning_host)
+        return ProvisioningFlow(self._config.registration_id, self._provisioning_payload,
+                                timeout=timeout, jitter=spread)
+
+    @staticmethod
+    def _drop_reporter(put: Callable[[Any], None]) -> Callable[[bool, str | None], None]:
+        """The driver's ``on_state``: a drop goes into the inbox as an error."""
+
+        def on_state(connected: bool, reason: str | None) -> None:
+            if not connected:
+                put(ConnectionDroppedError(
+                    f"lost the connection to the provisioning service: {reason}"))
+
+        return on_state
+
+    @staticmethod
+    def _check_subscription(codes: Any) -> None:
+        if not codes or codes[0] == 0x80:
+            raise ClientError("the provisioning service refused the subscription to "
+                              f"{topics.RESPONSE_SUBSCRIBE_FILTER}")
+
+    @staticmethod
+    def _send_due(flow: ProvisioningFlow, publish: Callable[[str, bytes], object]) -> bool:
+        """Publish what the flow queued; ``True`` while it waits for more."""
+        for request in flow.requests_to_send():
+            publish(request.topic, request.payload)
+        return not flow.finished
+
+    @staticmethod
+    def _wait_time(flow: ProvisioningFlow, now: float) -> float | None:
+        """Seconds to wait for the inbox before ``_take(None)`` ticks the flow."""
+        due = flow.next_deadline()
+        return None if due is None else max(0.0, due - now)
+
+    @staticmethod
+    def _take(flow: ProvisioningFlow, item: Any, now: float) -> None:
+        """Feed what the inbox gave: ``None`` (the wait ran out), an error to
+        raise, or a message."""
+        if item is None:
+            flow.tick(now)
+        elif isinstance(item, BaseException):
+            raise item
+        else:
+            flow.receive(item.topic, item.payload, now)
+
+    def _outcome(self, flow: ProvisioningFlow, elapsed: float) -> RegistrationResult:
+        if flow.error is not None:
+            self._log.info("registration of %r failed: %s", self._config.registration_id,
+                           flow.error)
+            raise flow.error
+        assert flow.result is not None
+        self._log.info("registered %r in %.2f s (%d requests)", self._config.registration_id,
+                 elapsed, flow.requests_sent)
+        return flow.result
+
+    # ----------------------------------------------- create_device_client
+
+    def _cached_assignment(self, cache_path: str | os.PathLike[str] | None,
+                           force_register: bool) -> RegistrationResult | None:
+        if cache_path is None or force_register:
+            return None
+        return read_cache(cache_path, self._config)
+
+    def _remember(self, cache_path: str | os.PathLike[str] | None,
+                  result: RegistrationResult) -> RegistrationResult:
+        if cache_path is not None:
+            write_cache(cache_path, self._config, result)
+        return result
+
+    def _stale_assignment(self) -> None:
+        self._log.info("the cached assignment of %r did not connect: registering again",
+                 self._config.registration_id)

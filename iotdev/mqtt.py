@@ -13,74 +13,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from iotdev_mqtt import MessageReceived, Will, topic_matches
+from iotdev_mqtt import MessageReceived
 
 from ._errors import OperationTimeout
-from .transport._credentials import X509
-from .transport._endpoint import Endpoint, TransportName
-from .transport._options import ConnectOptions, Credentials, ReconnectPolicy
+from ._mqtt_common import MQTTClientBase, client_setup, default_port, tls_context_for
+from .transport._endpoint import Endpoint
+from .transport._options import ConnectOptions
 from .transport._thread import Completion, ThreadDriver
-
-if TYPE_CHECKING:
-    import ssl
 
 __all__ = ["MQTTClient", "client_setup", "default_port", "tls_context_for"]
 
 MessageHandler = Callable[[MessageReceived], None]
-
-_DEFAULT_PORTS = {"tcp": 1883, "tls": 8883, "websockets": 443}
-
-
-def default_port(transport: str) -> int:
-    return _DEFAULT_PORTS[transport]
-
-
-def tls_context_for(
-    transport: str,
-    tls_context: ssl.SSLContext | None,
-    server_verification_cert: str | None,
-    cipher: str | list[str] | None,
-    x509: X509 | None,
-) -> ssl.SSLContext | None:
-    if transport == "tcp":
-        return None
-    if tls_context is not None:
-        return tls_context
-    from .transport._tls import make_client_context
-
-    return make_client_context(server_verification_cert=server_verification_cert,
-                               cipher=cipher, x509=x509)
-
-
-def client_setup(
-    host: str, port: int | None, transport: TransportName, username: str | None,
-    password: bytes | str | None, credentials: Callable[[], Credentials] | None,
-    server_verification_cert: str | None, tls_context: ssl.SSLContext | None,
-    cipher: str | list[str] | None, x509: X509 | None, ws_path: str, proxy_options: Any,
-    connect_timeout: float,
-) -> tuple[Endpoint, Credentials | Callable[[], Credentials] | None]:
-    """What both generic clients build from their arguments: the endpoint and
-    the credentials (validated)."""
-    if transport not in _DEFAULT_PORTS:
-        raise ValueError(f"transport must be 'tcp', 'tls' or 'websockets', got {transport!r}")
-    if isinstance(password, str):
-        password = password.encode("utf-8")
-    creds: Credentials | Callable[[], Credentials] | None = credentials
-    if creds is None and (username is not None or password is not None):
-        creds = Credentials(username, password)
-    endpoint = Endpoint(
-        host=host,
-        port=port if port is not None else default_port(transport),
-        transport=transport,
-        tls_context=tls_context_for(transport, tls_context, server_verification_cert,
-                                    cipher, x509),
-        ws_path=ws_path,
-        proxy=proxy_options,
-        connect_timeout=connect_timeout,
-    )
-    return endpoint, creds
 
 
 def _wait(fut: Completion, timeout: float | None, what: str) -> Any:
@@ -91,7 +36,7 @@ def _wait(fut: Completion, timeout: float | None, what: str) -> Any:
         raise OperationTimeout(f"{what} did not complete within {timeout} s") from None
 
 
-class MQTTClient:
+class MQTTClient(MQTTClientBase[ThreadDriver]):
     """A blocking MQTT client; I/O runs on one background thread, callbacks on
     another.
 
@@ -119,65 +64,9 @@ class MQTTClient:
             and failed reconnections.
     """
 
-    def __init__(
-        self,
-        host: str,
-        port: int | None = None,
-        *,
-        client_id: str,
-        transport: TransportName = "tcp",
-        username: str | None = None,
-        password: bytes | str | None = None,
-        credentials: Callable[[], Credentials] | None = None,
-        clean_session: bool = True,
-        keep_alive: int = 60,
-        will: Will | None = None,
-        server_verification_cert: str | None = None,
-        tls_context: ssl.SSLContext | None = None,
-        cipher: str | list[str] | None = None,
-        x509: X509 | None = None,
-        ws_path: str = "/mqtt",
-        proxy_options: Any = None,
-        connect_timeout: float = 30.0,
-        reconnect: bool = True,
-        retry_interval: float = 10.0,
-        # 20, as mosquitto's max_inflight_messages and paho's default: mosquitto
-        # acknowledges (PUBREC, PUBCOMP) a 3.1.1 client's QoS 2 publishes beyond
-        # its quota and then drops them, so a larger window loses bursts.
-        max_inflight: int = 20,
-        max_queued: int = 10_000,
-        on_message: MessageHandler | None = None,
-        on_connection_state_change: Callable[[bool, str | None], None] | None = None,
-        on_background_exception: Callable[[BaseException], None] | None = None,
-    ) -> None:
-        self.endpoint, creds = client_setup(
-            host, port, transport, username, password, credentials, server_verification_cert,
-            tls_context, cipher, x509, ws_path, proxy_options, connect_timeout)
-        self._subscriptions: list[tuple[str, MessageHandler]] = []
-        self.on_message = on_message
-        self._driver = ThreadDriver(
-            self.endpoint,
-            ConnectOptions(client_id, keep_alive, clean_session, creds, will),
-            reconnect=ReconnectPolicy(enabled=reconnect, interval=retry_interval),
-            on_message=self._route,
-            on_state=on_connection_state_change,
-            on_error=on_background_exception,
-            max_inflight=max_inflight,
-            max_queued=max_queued,
-            connect_timeout=connect_timeout,
-        )
-
-    @property
-    def connected(self) -> bool:
-        return self._driver.connected
-
-    def _route(self, message: MessageReceived) -> None:
-        for topic_filter, callback in list(self._subscriptions):
-            if topic_matches(topic_filter, message.topic):
-                callback(message)
-                return
-        if self.on_message is not None:
-            self.on_message(message)
+    def _new_driver(self, endpoint: Endpoint, options: ConnectOptions,
+                    **kwargs: Any) -> ThreadDriver:
+        return ThreadDriver(endpoint, options, **kwargs)
 
     def connect(self, timeout: float | None = None) -> None:
         """Connect and wait for CONNACK.
@@ -216,17 +105,13 @@ class MQTTClient:
         Returns:
             The granted QoS per filter (0x80 = refused).
         """
-        subs = [(topic_filter, qos)] if isinstance(topic_filter, str) else list(topic_filter)
-        if callback is not None:
-            for f, _ in subs:
-                self._subscriptions.append((f, callback))
+        subs = self._add_subscriptions(topic_filter, qos, callback)
         codes: tuple[int, ...] = _wait(self._driver.subscribe(subs), timeout, "subscribe")
         return codes
 
     def unsubscribe(self, topic_filter: str | Iterable[str], *,
                     timeout: float | None = None) -> None:
-        filters = [topic_filter] if isinstance(topic_filter, str) else list(topic_filter)
-        self._subscriptions = [(f, cb) for f, cb in self._subscriptions if f not in filters]
+        filters = self._drop_subscriptions(topic_filter)
         _wait(self._driver.unsubscribe(filters), timeout, "unsubscribe")
 
     def disconnect(self, timeout: float | None = 10.0) -> None:

@@ -15,92 +15,37 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from iotdev_mqtt import MessageReceived, Will, topic_matches
+from iotdev_mqtt import MessageReceived
 
 from .._compat import async_timeout
 from .._errors import OperationTimeout
-from ..mqtt import client_setup
+from .._mqtt_common import MQTTClientBase
 from ..transport._asyncio import AsyncDriver
-from ..transport._credentials import X509
-from ..transport._endpoint import TransportName
-from ..transport._options import ConnectOptions, Credentials, ReconnectPolicy
-
-if TYPE_CHECKING:
-    import ssl
+from ..transport._endpoint import Endpoint
+from ..transport._options import ConnectOptions
 
 __all__ = ["MQTTClient", "MessageStream"]
 
 Handler = Callable[[MessageReceived], Any]
 
 
-class MQTTClient:
+class MQTTClient(MQTTClientBase[AsyncDriver]):
     """An asyncio MQTT client on the caller's event loop.  Arguments as for
     ``iotdev.mqtt.MQTTClient``; callbacks may be coroutine functions."""
 
-    def __init__(
-        self,
-        host: str,
-        port: int | None = None,
-        *,
-        client_id: str,
-        transport: TransportName = "tcp",
-        username: str | None = None,
-        password: bytes | str | None = None,
-        credentials: Callable[[], Credentials] | None = None,
-        clean_session: bool = True,
-        keep_alive: int = 60,
-        will: Will | None = None,
-        server_verification_cert: str | None = None,
-        tls_context: ssl.SSLContext | None = None,
-        cipher: str | list[str] | None = None,
-        x509: X509 | None = None,
-        ws_path: str = "/mqtt",
-        proxy_options: Any = None,
-        connect_timeout: float = 30.0,
-        reconnect: bool = True,
-        retry_interval: float = 10.0,
-        # 20, as mosquitto's max_inflight_messages and paho's default: mosquitto
-        # acknowledges (PUBREC, PUBCOMP) a 3.1.1 client's QoS 2 publishes beyond
-        # its quota and then drops them, so a larger window loses bursts.
-        max_inflight: int = 20,
-        max_queued: int = 10_000,
-        on_message: Handler | None = None,
-        on_connection_state_change: Callable[[bool, str | None], Any] | None = None,
-        on_background_exception: Callable[[BaseException], Any] | None = None,
-    ) -> None:
-        self.endpoint, creds = client_setup(
-            host, port, transport, username, password, credentials, server_verification_cert,
-            tls_context, cipher, x509, ws_path, proxy_options, connect_timeout)
-        self.on_message = on_message
-        self._subscriptions: list[tuple[str, Handler]] = []
-        self._queues: list[asyncio.Queue[MessageReceived]] = []
-        self._driver = AsyncDriver(
-            self.endpoint,
-            ConnectOptions(client_id, keep_alive, clean_session, creds, will),
-            reconnect=ReconnectPolicy(enabled=reconnect, interval=retry_interval),
-            on_message=self._route,
-            on_state=on_connection_state_change,
-            on_error=on_background_exception,
-            max_inflight=max_inflight,
-            max_queued=max_queued,
-            connect_timeout=connect_timeout,
-        )
+    _queues: list[asyncio.Queue[MessageReceived]]
 
-    @property
-    def connected(self) -> bool:
-        return self._driver.connected
+    def _new_driver(self, endpoint: Endpoint, options: ConnectOptions,
+                    **kwargs: Any) -> AsyncDriver:
+        self._queues = []  # the streams' queues (``messages()``): this face's own state
+        return AsyncDriver(endpoint, options, **kwargs)
 
     def _route(self, message: MessageReceived) -> Any:
         for queue in self._queues:
             queue.put_nowait(message)
-        for topic_filter, callback in self._subscriptions:
-            if topic_matches(topic_filter, message.topic):
-                return callback(message)
-        if self.on_message is not None:
-            return self.on_message(message)
-        return None
+        return super()._route(message)
 
     async def connect(self, timeout: float | None = None) -> None:
         """Connect and wait for CONNACK (errors as for the sync client)."""
@@ -116,17 +61,14 @@ class MQTTClient:
     async def subscribe(self, topic_filter: str | Iterable[tuple[str, int]], qos: int = 0, *,
                         callback: Handler | None = None,
                         timeout: float | None = None) -> tuple[int, ...]:
-        subs = [(topic_filter, qos)] if isinstance(topic_filter, str) else list(topic_filter)
-        if callback is not None:
-            self._subscriptions += [(f, callback) for f, _ in subs]
+        subs = self._add_subscriptions(topic_filter, qos, callback)
         codes: tuple[int, ...] = await _bounded(self._driver.subscribe(subs), timeout,
                                                 "subscribe")
         return codes
 
     async def unsubscribe(self, topic_filter: str | Iterable[str], *,
                           timeout: float | None = None) -> None:
-        filters = [topic_filter] if isinstance(topic_filter, str) else list(topic_filter)
-        self._subscriptions = [(f, cb) for f, cb in self._subscriptions if f not in filters]
+        filters = self._drop_subscriptions(topic_filter)
         await _bounded(self._driver.unsubscribe(filters), timeout, "unsubscribe")
 
     def messages(self) -> MessageStream:

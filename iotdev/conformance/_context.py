@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from iotdev_mqtt import (
     ConnAck,
@@ -38,6 +38,7 @@ from iotdev_mqtt import (
 
 from ..transport._probe import RawConnection
 from ._model import Check, Exchange, Skip, Violation
+from ._wire import ByteStream, read_recorded, take_first, until_closed
 
 __all__ = ["ByteStream", "Connector", "Context", "Probe", "Profile", "Target"]
 
@@ -117,18 +118,6 @@ class Profile:
     subscribe_filter: str | None = None
 
 
-class ByteStream(Protocol):
-    """What a probe needs from a connection (``RawConnection`` is one)."""
-
-    closed: bool
-
-    def send(self, data: bytes) -> None: ...
-
-    def receive(self, deadline: float) -> bytes | None: ...
-
-    def close(self) -> None: ...
-
-
 Connector = Callable[["Target", float], ByteStream]
 """``(target, timeout) -> ByteStream``: how checks open connections.  The
 default dials the target; the fuzz target plugs in scripted answers."""
@@ -157,22 +146,21 @@ class Probe:
     def closed(self) -> bool:
         return self.conn.closed and not self.pending
 
+    def _record(self, direction: str, data: bytes) -> None:
+        self.ctx._record(self.label, direction, data)
+
     def send(self, data: Packet | bytes) -> None:
         raw = data if isinstance(data, bytes) else encode(data)
-        self.ctx._record(self.label, "sent", raw)
+        self._record("sent", raw)
         self.conn.send(raw)
 
     def _fill(self, deadline: float) -> bool:
         """Read once; False when nothing more can come before ``deadline``."""
         if self.conn.closed:
             return False
-        data = self.conn.receive(min(deadline, self.ctx.deadline))
+        data = read_recorded(self.conn, min(deadline, self.ctx.deadline), self._record)
         if data is None:
             return False
-        if not data:
-            self.ctx._record(self.label, "closed", b"")
-            return False
-        self.ctx._record(self.label, "received", data)
         try:
             packets = self.reader.feed(data)
         except RemoteProtocolError as exc:
@@ -210,10 +198,7 @@ class Probe:
         """Read (and keep) packets until the broker closes; True if it did in time."""
         deadline = time.monotonic() + (self.ctx.target.answer_timeout if timeout is None
                                        else timeout)
-        while not self.conn.closed:
-            if not self._fill(deadline) and not self.conn.closed:
-                return False
-        return True
+        return until_closed(self.conn, self._fill, deadline)
 
     def publishes(self, count: int, timeout: float | None = None, *, ack: bool = True,
                   settle: bool = True) -> list[Publish]:
@@ -258,14 +243,11 @@ class Probe:
         (a client subscribed to its own topic gets its message before the ack)."""
         deadline = time.monotonic() + (self.ctx.target.answer_timeout if timeout is None
                                        else timeout)
-        while True:
-            for i, packet in enumerate(self.pending):
-                if isinstance(packet, kind):
-                    del self.pending[i]
-                    return packet
+        while (found := take_first(self.pending, kind)) is None:
             if not self._fill(deadline):
                 state = "the connection was closed" if self.conn.closed else "nothing came"
                 raise Violation(statement, f"expected {what or kind.__name__}; {state}")
+        return found
 
     def publish_qos(self, topic: str, payload: bytes, qos: int, *, retain: bool = False,
                     packet_id: int = 1) -> None:

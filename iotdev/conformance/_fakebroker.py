@@ -46,6 +46,7 @@ from iotdev_mqtt import (
 
 from ..transport._probe import RawConnection, RawListener
 from ._model import Exchange
+from ._wire import read_recorded, take_first, until_closed
 
 __all__ = ["SCENARIOS", "FakeBroker", "Peer", "Scenario", "ScenarioResult"]
 
@@ -116,13 +117,9 @@ class Peer:
 
     def pump(self, deadline: float) -> bool:
         """Read once, run the engine, answer; False at the deadline or on close."""
-        data = self.conn.receive(deadline)
+        data = read_recorded(self.conn, deadline, self._record)
         if data is None:
             return False
-        if not data:
-            self._record("closed", b"")
-            return False
-        self._record("received", data)
         try:
             self.inbox.extend(self.reader.feed(data))
         except RemoteProtocolError as exc:
@@ -146,21 +143,14 @@ class Peer:
     def wait(self, kind: type[P], timeout: float) -> P | None:
         """The next packet of ``kind`` the client sends (others are kept)."""
         deadline = time.monotonic() + timeout
-        while True:
-            for i, packet in enumerate(self.inbox):
-                if isinstance(packet, kind):
-                    del self.inbox[i]
-                    return packet
+        while (found := take_first(self.inbox, kind)) is None:
             if not self.pump(deadline):
                 return None
+        return found
 
     def wait_closed(self, timeout: float) -> bool:
         """Keep serving until the client closes; True if it did in time."""
-        deadline = time.monotonic() + timeout
-        while not self.conn.closed:
-            if not self.pump(deadline) and not self.conn.closed:
-                return False
-        return True
+        return until_closed(self.conn, self.pump, time.monotonic() + timeout)
 
     def handshake(self, timeout: float, *, session_present: bool = False) -> Connect | None:
         """Wait for CONNECT and accept it (CONNACK 0 with ``session_present``)."""

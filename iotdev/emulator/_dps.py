@@ -37,7 +37,6 @@ import datetime
 import json
 import logging
 import ssl
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -52,6 +51,7 @@ from .._auth import SasTokenError, derive_device_key, verify_sas_token
 from ._certs import CertPaths, ensure_certificates
 from ._conn import DeviceConnection
 from ._enrollments import Enrollment, EnrollmentStore, GroupEnrollment, Registration
+from ._loop import LoopThread
 from ._x509 import thumbprints
 
 if TYPE_CHECKING:
@@ -370,11 +370,8 @@ class Dps:
                               assigning_polls=assigning_polls)
         self.certs: CertPaths | None = None
         self._who: dict[DeviceConnection, Attestation] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._loop_thread = LoopThread("iotdev-dps")
         self._servers: list[asyncio.base_events.Server] = []
-        self._started = threading.Event()
-        self._start_error: BaseException | None = None
 
     @classmethod
     def for_hub(cls, hub: Hub, **kwargs: Any) -> Dps:
@@ -423,48 +420,18 @@ class Dps:
 
     def start(self, timeout: float = 30.0) -> Dps:
         """Start listening on a background thread; returns once ready."""
-        if self._thread is not None:
-            return self
-        self._thread = threading.Thread(target=self._run, name="iotdev-dps", daemon=True)
-        self._thread.start()
-        if not self._started.wait(timeout):
-            raise TimeoutError("the DPS did not start in time")
-        if self._start_error is not None:
-            self._thread = None
-            raise self._start_error
+        self._loop_thread.start(self._listen, timeout)
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
         """Close every connection and listener; idempotent."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout)
-        self._thread = self._loop = None
+        self._loop_thread.stop(self._shutdown, timeout)
 
     def __enter__(self) -> Dps:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._listen())
-        except BaseException as exc:
-            self._start_error = exc
-            self._started.set()
-            loop.close()
-            return
-        self._started.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.close()
 
     async def _listen(self) -> None:
         self.certs = ensure_certificates(

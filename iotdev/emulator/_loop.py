@@ -1,8 +1,8 @@
-"""The hub's event loop on a background thread, so that sync and asyncio
-callers can both drive it: ``start`` runs a set-up coroutine on the new loop
-and returns once it is done (or re-raises its error), ``call``/``acall`` run
-a coroutine on the loop from another thread or another loop, ``stop`` runs a
-tear-down coroutine and ends the thread."""
+"""An emulator's event loop (the hub's, the DPS's) on a background thread, so
+that sync and asyncio callers can both drive it: ``start`` runs a set-up
+coroutine on the new loop and returns once it is done (or re-raises its
+error), ``call``/``acall`` run a coroutine on the loop from another thread or
+another loop, ``stop`` runs a tear-down coroutine and ends the thread."""
 
 from __future__ import annotations
 

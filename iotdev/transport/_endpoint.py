@@ -5,7 +5,7 @@ thread driver and the asyncio driver."""
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from iotdev_mqtt._records import field, mutable_record
 
@@ -21,7 +21,9 @@ from ._layer import Layer, Stack
 if TYPE_CHECKING:
     import ssl
 
-__all__ = ["Endpoint", "map_connect_error"]
+    from ._credentials import X509
+
+__all__ = ["AzureTransportSettings", "Endpoint", "azure_endpoint", "map_connect_error"]
 
 TransportName = Literal["tcp", "tls", "websockets"]
 
@@ -112,6 +114,39 @@ class Endpoint:
             layers.append(WebSocketLayer(self.host, path=self.ws_path,
                                          extra_headers=self.ws_headers or None))
         return Stack(layers)
+
+
+class AzureTransportSettings(Protocol):
+    """The transport options that IoT Hub and DPS clients both take (v2's
+    names): a ``HubConfig`` or a ``ProvisioningConfig``."""
+
+    x509: X509 | None
+    server_verification_cert: str | None
+    gateway_hostname: str | None
+    websockets: bool
+    cipher: str | list[str]
+    proxy_options: Any
+    port: int | None
+
+
+def azure_endpoint(settings: AzureTransportSettings, host: str) -> Endpoint:
+    """Where an Azure IoT client connects: MQTT over TLS on 8883, or over
+    WebSocket on 443 (``/$iothub/websocket``), to ``gateway_hostname`` when set
+    or else ``host``; ``port`` overrides the port."""
+    from ._tls import make_client_context, shared_client_context
+
+    cipher = settings.cipher or None
+    if settings.x509 is None:
+        ctx = shared_client_context(server_verification_cert=settings.server_verification_cert,
+                                    cipher=cipher)
+    else:
+        ctx = make_client_context(server_verification_cert=settings.server_verification_cert,
+                                  cipher=cipher, x509=settings.x509)
+    port = settings.port if settings.port is not None else (443 if settings.websockets else 8883)
+    return Endpoint(host=settings.gateway_hostname or host, port=port,
+                    transport="websockets" if settings.websockets else "tls",
+                    tls_context=ctx, ws_path="/$iothub/websocket",
+                    proxy=settings.proxy_options, connect_timeout=30.0)
 
 
 def map_connect_error(exc: BaseException, endpoint: Endpoint) -> ConnectionFailedError:
