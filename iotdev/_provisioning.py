@@ -450,6 +450,12 @@ class ProvisioningFlow:
                 status=status, code=code, body=document, registration_status=result.status))
 
 
+#: The longest ``retry-after`` honoured (seconds): a larger one (``inf``,
+#: ``1e308``) from a faulty or hostile service is cut to this, so a wait
+#: stays bounded and finite even with ``timeout=None``.
+MAX_RETRY_AFTER = 300.0
+
+
 def _seconds(text: str | None) -> float | None:
     if text is None:
         return None
@@ -459,7 +465,7 @@ def _seconds(text: str | None) -> float | None:
         return None
     if value != value or value < 0:  # NaN or negative: ignore
         return None
-    return value
+    return min(value, MAX_RETRY_AFTER)  # inf or 1e308 would wait forever
 
 
 def _parse_json(payload: bytes) -> Any:

@@ -782,6 +782,25 @@ def test_sync_method_handler_runs_off_the_loop_as_in_v2(hub: Hub, spy: HubSpy, d
     aio.run(body)
 
 
+def test_handler_set_from_another_thread_while_connected(hub: Hub, spy: HubSpy, dev: str,
+                                                         aio: Aio) -> None:
+    """v2 lets any thread set a handler: the change is made on the client's
+    loop (a SUBSCRIBE follows and messages arrive), not half-made."""
+    async def body() -> None:
+        client = aio.make(dev)
+        await client.connect()
+        got = ARecorder()
+        await asyncio.to_thread(setattr, client, "on_message_received", got)
+        assert client.on_message_received is got
+        await subscribed(spy, dev, f"devices/{dev}/messages/devicebound/#")
+        await asyncio.to_thread(hub.send_c2d, dev, b"from another thread")
+        (message,) = await got.wait(1)
+        assert message.data == b"from another thread"
+        await client.shutdown()
+
+    aio.run(body)
+
+
 def test_receive_method_request_by_name(hub: Hub, spy: HubSpy, dev: str, aio: Aio) -> None:
     async def body() -> None:
         client = aio.make(dev)

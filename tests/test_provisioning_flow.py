@@ -13,7 +13,13 @@ import pytest
 from iotdev import OperationTimeout, ProvisioningServiceError
 from iotdev import _dps_topics as topics
 from iotdev._auth import derive_device_key, generate_sas_token
-from iotdev._provisioning import Phase, ProvisioningFlow, RegistrationResult, registration_body
+from iotdev._provisioning import (
+    MAX_RETRY_AFTER,
+    Phase,
+    ProvisioningFlow,
+    RegistrationResult,
+    registration_body,
+)
 from iotdev.emulator._dps import Attestation, DeviceCredentials, DpsLogic
 from iotdev.emulator._enrollments import EnrollmentStore
 from iotdev_mqtt import (
@@ -361,3 +367,19 @@ def test_dps_refuses_other_topics_and_foreign_operations() -> None:
         "unknown id scope '0neOTHER'"
     assert "another registration id" in str(logic.authenticate(
         "dev2", topics.build_username(SCOPE, "dev1", "t"), token("dev1", KEY), None, 0))
+
+
+def test_a_huge_retry_after_is_cut_to_a_finite_wait() -> None:
+    """A faulty or hostile ``retry-after`` (1e308 s, or more than a float
+    holds) must not make register() wait forever or overflow a timer."""
+    assigning = {"operationId": "op", "status": "assigning"}
+    wire = Wire(scripted((202, assigning, 10.0 ** 308), (200, ASSIGNED, None)))
+    wire.flow.start(wire.now)
+    wire.run()
+    assert [t.split("/")[3] for t, _ in wire.seen] == ["202"]
+    due = wire.flow.next_deadline()
+    assert due is not None and due - wire.now <= MAX_RETRY_AFTER
+    while not wire.flow.finished:
+        assert wire.now < 100.0 + 2 * MAX_RETRY_AFTER
+        wire.advance(MAX_RETRY_AFTER / 10)
+    assert wire.flow.result is not None

@@ -240,6 +240,13 @@ class HubClient(ClientFace):
                          handler: Callable[..., Any] | None) -> None:
         # The SUBSCRIBE (UNSUBSCRIBE) is written before the setter returns when
         # connected; without a running loop, the session subscribes at connect().
+        # Set from another thread while the client's loop runs (v2 allows it),
+        # the change is made on that loop, within one turn.
+        loop = self._driver.loop
+        if loop is not None and loop.is_running() and _running_loop() is not loop:
+            self._handlers[key] = handler  # what the getter shows from now on
+            loop.call_soon_threadsafe(self._handler_changed, key, feature, handler)
+            return
         self._run(self._session.set_handler(feature, handler is not None))
         self._handlers[key] = handler
         if handler is not None and not self._driver.connected and _loop_running():
@@ -441,9 +448,12 @@ class IoTHubDeviceClient(DeviceFactories, HubClient):
         return message
 
 
-def _loop_running() -> bool:
+def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
-        asyncio.get_running_loop()
+        return asyncio.get_running_loop()
     except RuntimeError:
-        return False
-    return True
+        return None
+
+
+def _loop_running() -> bool:
+    return _running_loop() is not None

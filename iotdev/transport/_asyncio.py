@@ -110,6 +110,11 @@ class AsyncDriver:
         return self.core.connected
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the driver runs on (``None`` before its first use)."""
+        return self._loop
+
+    @property
     def reconnecting(self) -> bool:
         """Connected before, dropped, and retrying (operations wait for it)."""
         return self.core.reconnecting and not self._stopped

@@ -70,6 +70,8 @@ Handler = Callable[[Any], None]
 # without bound.  A queued message counts its payload plus MESSAGE_OVERHEAD.
 MAX_HANDLER_BACKLOG = 4 << 20
 MAX_PENDING_OUT = 4 << 20
+# How long publish() waits for the I/O lock before it queues the message instead.
+DIRECT_WAIT = 0.005
 MESSAGE_OVERHEAD = 512
 
 
@@ -296,39 +298,44 @@ class ThreadDriver:
         """Publish from the caller's thread when the connection is up and
         idle (see the module docstring); ``False``: queue it instead."""
         me = threading.get_ident()
-        if self._io_owner == me:  # called back under the I/O lock
+        if self._io_owner == me or self._stopping:  # a callback under the lock; shutdown
             return False
-        with self._io_lock:
-            self._io_owner = me
-            try:
-                sock = self._sock
-                if sock is None or self._commands or self._pending_out or \
-                        not self.core.connected:
-                    return False  # queued work first, or no connection: the I/O thread's
-                self.core.publish(fut, topic, payload, qos, retain)
-                raw = self.core.outgoing()
-                if self._sock is not sock:  # the layers failed: the loss is reported
-                    self._wake()
-                    return True
-                if raw:
-                    try:
-                        sent = sock.send(raw)
-                    except (BlockingIOError, InterruptedError):
-                        sent = 0
-                    except OSError:
-                        sent = 0  # the I/O thread meets the error on its write
-                    self._pending_out = raw[sent:]
-                if self._pending_out:
-                    self._wake()  # it waits for writability and writes the rest
-                    return True
-                self.core.written()
-                deadline = self.core.next_deadline()
-                if deadline is not None and (self._sleep_until is None
-                                             or deadline < self._sleep_until):
-                    self._wake()  # e.g. the wait for this PUBACK ends before its timeout
+        # The I/O thread holds this lock for a turn (microseconds), but a turn
+        # may also sign a token (an Edge workload call) or commit the outbox:
+        # wait briefly, then queue the publish rather than block the caller.
+        if not self._io_lock.acquire(timeout=DIRECT_WAIT):
+            return False
+        self._io_owner = me
+        try:
+            sock = self._sock
+            if sock is None or self._stopping or self._commands or self._pending_out or \
+                    not self.core.connected:
+                return False  # queued work first, or no connection: the I/O thread's
+            self.core.publish(fut, topic, payload, qos, retain)
+            raw = self.core.outgoing()
+            if self._sock is not sock:  # the layers failed: the loss is reported
+                self._wake()
                 return True
-            finally:
-                self._io_owner = 0
+            if raw:
+                try:
+                    sent = sock.send(raw)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError:
+                    sent = 0  # the I/O thread meets the error on its write
+                self._pending_out = raw[sent:]
+            if self._pending_out:
+                self._wake()  # it waits for writability and writes the rest
+                return True
+            self.core.written()
+            deadline = self.core.next_deadline()
+            if deadline is not None and (self._sleep_until is None
+                                         or deadline < self._sleep_until):
+                self._wake()  # e.g. the wait for this PUBACK ends before its timeout
+            return True
+        finally:
+            self._io_owner = 0
+            self._io_lock.release()
 
     def subscribe(self, subscriptions: list[tuple[str, int]]) -> Completion:
         fut = Completion()
@@ -519,8 +526,11 @@ class ThreadDriver:
                 fut.set_exception(error)
             while self._commands:  # commands that can no longer run
                 self._commands.popleft()
-            if self._sock is not None:
-                self._sock.close()
+            with self._io_lock:  # no direct publish writes to the dead socket
+                if self._sock is not None:
+                    self._sock.close()
+                    self._sock = None
+                self.core.connected = False
             self.report(exc)
         finally:
             self._selector.close()
@@ -649,8 +659,10 @@ class ThreadDriver:
         """Select the socket for writing while bytes wait, and for reading
         unless back-pressure applies (see ``MAX_HANDLER_BACKLOG``)."""
         with self._backlog_lock:
-            paused = self._backlog > (MAX_HANDLER_BACKLOG // 4 if self._reading_paused
-                                      else MAX_HANDLER_BACKLOG)
+            # Never before CONNACK: a new connection's handshake is always read,
+            # whatever the handlers still have to do from the last one.
+            paused = self.core.connected and self._backlog > (
+                MAX_HANDLER_BACKLOG // 4 if self._reading_paused else MAX_HANDLER_BACKLOG)
             self._reading_paused = paused
         pending = len(self._pending_out)
         mask = 0 if paused or pending > MAX_PENDING_OUT else selectors.EVENT_READ
