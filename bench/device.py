@@ -361,7 +361,9 @@ def _setup_c2d(session: Session) -> list[Contestant]:
 def _aio_receiver(session: Session, broker: Broker, device_id: str,
                   handler: Callable[[Any], None]) -> None:
     """iotdev's asyncio device client on a loop running in a thread of its own
-    (as an application's loop runs), ``handler`` as its ``on_message_received``."""
+    (as an application's loop runs), ``handler`` called by its
+    ``on_message_received``: an ``async def`` handler, as asyncio code writes
+    it (a plain function would run on the client's handler thread, as in v2)."""
     from iotdev.aio import IoTHubDeviceClient
 
     loop = asyncio.new_event_loop()
@@ -372,7 +374,11 @@ def _aio_receiver(session: Session, broker: Broker, device_id: str,
         client = IoTHubDeviceClient.create_from_symmetric_key(
             KEY, ADDRESS, device_id, server_verification_cert=broker.ca_pem)
         await asyncio.wait_for(client.connect(), WAIT)
-        client.on_message_received = handler
+
+        async def on_message(message: Any) -> None:
+            handler(message)
+
+        client.on_message_received = on_message
         return client
 
     client = asyncio.run_coroutine_threadsafe(connect(), loop).result(WAIT + 5)
