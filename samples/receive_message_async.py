@@ -20,7 +20,7 @@ async def main() -> None:
     client = IoTHubDeviceClient.create_from_connection_string(
         os.environ["IOTHUB_DEVICE_CONNECTION_STRING"], **client_options())
 
-    async def message_handler(message):  # a plain function works too
+    async def message_handler(message):  # a plain function runs on a handler thread, as in v2
         nonlocal received
         received += 1
         print(f"message received: {message.data.decode()} {message.custom_properties}",

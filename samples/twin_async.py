@@ -18,7 +18,10 @@ async def main() -> None:
     patches: asyncio.Queue = asyncio.Queue()
     client = IoTHubDeviceClient.create_from_connection_string(
         os.environ["IOTHUB_DEVICE_CONNECTION_STRING"], **client_options())
-    client.on_twin_desired_properties_patch_received = patches.put_nowait
+    async def patch_handler(patch):  # runs on the client's loop
+        patches.put_nowait(patch)
+
+    client.on_twin_desired_properties_patch_received = patch_handler
     await client.connect()
     try:
         twin = await client.get_twin()

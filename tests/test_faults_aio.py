@@ -111,17 +111,19 @@ class AStates:
         self.at: list[float] = []
         self.errors: list[BaseException] = []
         self._changed = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        # Plain functions: the client runs them on its handler thread (as v2).
         client.on_connection_state_change = lambda: self._add(client.connected)
         client.on_background_exception = self._error
 
     def _add(self, connected: bool) -> None:
         self.states.append(connected)
         self.at.append(time.monotonic())
-        self._changed.set()
+        self._loop.call_soon_threadsafe(self._changed.set)
 
     def _error(self, error: BaseException) -> None:
         self.errors.append(error)
-        self._changed.set()
+        self._loop.call_soon_threadsafe(self._changed.set)
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
         try:

@@ -748,7 +748,9 @@ def test_aio_messages_accepted_while_the_hub_is_down_arrive_in_order(
     async def body() -> None:
         client = aio.make("dev", hub, connection_retry_interval=1)
         dropped = asyncio.Event()
-        client.on_connection_state_change = lambda: None if client.connected else dropped.set()
+        loop = asyncio.get_running_loop()  # the handler runs on the handler thread
+        client.on_connection_state_change = (
+            lambda: None if client.connected else loop.call_soon_threadsafe(dropped.set))
         await client.connect()
         await asyncio.to_thread(hub.stop)
         await asyncio.wait_for(dropped.wait(), TIMEOUT)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -132,13 +133,19 @@ def test_aio_clearing_handlers_unsubscribes(hub: Hub, dev: str, aio: Aio) -> Non
         assert (await hub.ainvoke_method(dev, "off", timeout=TIMEOUT)).status == 404
         got: list[Any] = []
         arrived = asyncio.Event()
-        client.on_message_received = lambda m: (got.append(m), arrived.set())
+        loop = asyncio.get_running_loop()  # plain handlers run on the handler thread
+
+        def take(message: Any) -> None:
+            got.append(message)
+            loop.call_soon_threadsafe(arrived.set)
+
+        client.on_message_received = take
         client.on_message_received = None
         await asyncio.sleep(0)
         await client.get_twin()
         await hub.asend_c2d(dev, b"kept at the hub")
         assert [m.body for m in pending_c2d(hub, dev)] == [b"kept at the hub"]
-        client.on_message_received = lambda m: (got.append(m), arrived.set())
+        client.on_message_received = take
         await asyncio.wait_for(arrived.wait(), TIMEOUT)
         assert [m.data for m in got] == [b"kept at the hub"]
 
@@ -381,22 +388,33 @@ def test_sync_background_error_without_handler_is_logged(
 
 def test_aio_background_error_without_handler_is_logged(
         hub: Hub, dev: str, aio: Aio, caplog: pytest.LogCaptureFixture) -> None:
+    logged = threading.Event()
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "no on_background_exception handler" in record.getMessage():
+                logged.set()
+
     async def body() -> None:
         client = aio.make(dev)
         await client.connect()
-        called = asyncio.Event()
 
-        def fail(message: Any) -> None:
-            called.set()
+        def fail(message: Any) -> None:  # runs on the handler thread, as in v2
             raise RuntimeError("handler bug")
 
         client.on_message_received = fail
         await client.get_twin()
         await hub.asend_c2d(dev, b"x")
-        await asyncio.wait_for(called.wait(), TIMEOUT)
+        assert await asyncio.to_thread(logged.wait, TIMEOUT), "the error was not logged"
+        await client.shutdown()
 
-    with caplog.at_level(logging.WARNING, logger="iotdev"):
-        aio.run(body)
+    seen = Seen()
+    logging.getLogger("iotdev").addHandler(seen)
+    try:
+        with caplog.at_level(logging.WARNING, logger="iotdev"):
+            aio.run(body)
+    finally:
+        logging.getLogger("iotdev").removeHandler(seen)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING
                 and "no on_background_exception handler" in r.getMessage()]
     assert warnings and "handler bug" in warnings[0].getMessage()

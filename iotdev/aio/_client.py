@@ -371,31 +371,44 @@ class HubClient(ClientFace):
         self._feed(lambda s: s.message(message.topic, message.payload))
 
     def _invoke(self, handler: Callable[..., Any], *args: Any) -> None:
-        if inspect.iscoroutinefunction(handler):
-            running: Any = handler(*args)
-        else:
-            if self._handler_pool is None:
-                self._handler_pool = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=1, thread_name_prefix="iotdev-aio-handler")
-            running = asyncio.get_running_loop().run_in_executor(
-                self._handler_pool, lambda: handler(*args))
         self._handler_tasks += 1
         if self._handler_tasks >= MAX_HANDLER_TASKS:
             self._driver.pause_reading(True)
-        self._spawn(self._handler_done(running))
+        if inspect.iscoroutinefunction(handler):
+            self._spawn(self._handler_done(handler(*args)))
+            return
+        if self._handler_pool is None:
+            self._handler_pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="iotdev-aio-handler")
+        running = asyncio.get_running_loop().run_in_executor(
+            self._handler_pool, lambda: handler(*args))
+        # A callback, not a task: shutdown() cancels tasks, and a handler's
+        # error must still be reported (not left as "never retrieved").
+        running.add_done_callback(self._function_done)
+
+    def _function_done(self, running: asyncio.Future[Any]) -> None:
+        """A plain-function handler ended on the handler thread."""
+        self._handler_finished()
+        if running.cancelled():
+            return
+        error = running.exception()
+        if error is not None:
+            self._background(error)
+        elif inspect.isawaitable(running.result()):  # a function that returned a coroutine
+            self._handler_tasks += 1
+            self._spawn(self._handler_done(running.result()))
 
     async def _handler_done(self, running: Any) -> None:
-        """Await a handler (a coroutine, or a plain function on the handler thread),
-        then count it out (see MAX_HANDLER_TASKS)."""
+        """Await a coroutine handler, then count it out (see MAX_HANDLER_TASKS)."""
         try:
-            result = await running
-            if inspect.isawaitable(result):  # a plain function that returned a coroutine
-                await result
+            await running
         finally:
-            self._handler_tasks -= 1
-            if self._handler_tasks == MAX_HANDLER_TASKS // 4:
-                self._driver.pause_reading(False)
+            self._handler_finished()
 
+    def _handler_finished(self) -> None:
+        self._handler_tasks -= 1
+        if self._handler_tasks == MAX_HANDLER_TASKS // 4:
+            self._driver.pause_reading(False)
 
 class IoTHubDeviceClient(DeviceFactories, HubClient):
     """An asyncio IoT Hub device client (create it with a factory)."""
