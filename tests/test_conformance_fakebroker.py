@@ -95,11 +95,16 @@ def _drive_paho(name: str, broker: FakeBroker, received: Received) -> dict[str, 
         subscribed.set()
 
     client.on_subscribe = on_subscribe
+    connected = threading.Event()
+    client.on_connect = lambda c, u, flags, rc: connected.set()
     facts: dict[str, Any] = {}
     client.connect(HOST, broker.port, keepalive=1 if name == "pingresp-withheld" else 30)
     client.loop_start()
     try:
         if name == "qos-downgrade":
+            # As paho's users do: subscribe once connected (a SUBSCRIBE written
+            # before paho's loop thread has read the CONNACK raced it).
+            assert connected.wait(WAIT)
             client.subscribe("fake/#", 1)
             assert subscribed.wait(WAIT)
             facts["granted"] = granted[0]
